@@ -1,0 +1,7 @@
+"""Turn any PyTorch module into a Bayesian neural network trained by variational inference."""
+
+from torchbayesian import bnn
+
+__all__ = ["bnn", "__version__"]
+
+__version__ = "0.1.0"

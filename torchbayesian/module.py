@@ -1,0 +1,281 @@
+"""`BayesianModule`: make every eligible tensor of an existing model Bayesian in one call."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from torchbayesian import _sampling
+from torchbayesian.kl import kl_divergence
+from torchbayesian.posteriors.base import VariationalPosterior
+from torchbayesian.posteriors.gaussian import GaussianPosterior
+from torchbayesian.priors.base import Prior
+from torchbayesian.registration import (
+    PosteriorSpec,
+    attach,
+    build_posterior,
+    get_posterior,
+    is_bayesian,
+    posteriors,
+    resolve_prior,
+    sites,
+)
+
+__all__ = ["BayesianModule", "frozen"]
+
+Filter = type[nn.Module] | str
+Filters = Filter | Sequence[Filter] | None
+
+_NORMALIZATION_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+)
+_NORMALIZATION_NAME = re.compile(r"Norm(\d+d)?$")
+
+
+class BayesianModule(nn.Module):
+    """Wrap a model and register a posterior on each of its trainable floating-point parameters.
+
+    The model is converted **in place** and kept as `module`. Each selected parameter is replaced
+    by ``posterior.from_param(param, **posterior_kwargs)``; with the default `GaussianPosterior`
+    the posterior mean starts at the parameter's current value, so pretrained weights stay the mean.
+
+    Conversion rules:
+
+    - Parameters with ``requires_grad=False`` stay deterministic and frozen.
+    - Normalization layers (BatchNorm, LayerNorm, GroupNorm, RMSNorm, InstanceNorm and any module
+      whose class name ends in ``Norm``) stay deterministic unless ``include`` selects them.
+    - ``include``/``exclude`` select by module type or by glob on the parameter's qualified name
+      (``"classifier.*"``) or its module's (``"encoder.layer.0*"``).
+    - A parameter reachable under several names (tied weights) gets **one** posterior, registered
+      at every name, so the tensors stay tied and see one sample per forward.
+
+    `forward` passes every argument through and returns what the model returns. Each Bayesian
+    tensor is sampled exactly once per forward, in training and evaluation mode alike; `freeze`
+    (or the `frozen` context manager) makes every posterior return its mean instead.
+
+    Args:
+        module (nn.Module): The model to convert.
+        posterior (type[VariationalPosterior]): Posterior class built for each parameter.
+        prior (Prior | None): Prior shared by all posteriors; a standard Gaussian per tensor by default.
+        include (type | str | Sequence | None): Convert only parameters matching one of these.
+        exclude (type | str | Sequence | None): Never convert parameters matching one of these.
+        **posterior_kwargs: Passed to ``posterior.from_param`` (e.g. ``sigma_init=1e-3``).
+
+    Attributes:
+        module (nn.Module): The converted model.
+
+    Raises:
+        TypeError: If ``module`` is not an ``nn.Module`` or a filter has the wrong type.
+        ValueError: If ``module`` already holds posteriors.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from torchbayesian import bnn
+        >>> model = bnn.BayesianModule(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)))
+        >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        >>> loss = F.cross_entropy(model(x), y) + model.kl_divergence() / 1000
+        >>> loss.backward()
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        posterior: PosteriorSpec = GaussianPosterior,
+        prior: Prior | None = None,
+        *,
+        include: Filters = None,
+        exclude: Filters = None,
+        **posterior_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"BayesianModule expects an nn.Module, got {type(module).__name__}.")
+        if isinstance(module, BayesianModule) or is_bayesian(module):
+            raise ValueError(
+                f"{type(module).__name__} already holds posteriors; wrap the original model only once."
+            )
+        convert_(module, posterior, prior, include=include, exclude=exclude, posterior_kwargs=posterior_kwargs)
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the model with one weight sample per Bayesian tensor and return its output unchanged."""
+        with _sampling.reuse_samples():
+            return self.module(*args, **kwargs)
+
+    def kl_divergence(self, *, num_samples: int | None = None) -> Tensor:
+        """Return the KL divergence of all posteriors to their priors, summed; see `torchbayesian.bnn.kl_divergence`."""
+        return kl_divergence(self.module, num_samples=num_samples)
+
+    def posteriors(self) -> Iterator[tuple[str, VariationalPosterior]]:
+        """Yield ``(qualified_name, posterior)`` for each posterior, names relative to `module`."""
+        return posteriors(self.module)
+
+    def freeze(self) -> BayesianModule:
+        """Make every posterior return its mean (deterministic prediction); returns ``self``."""
+        for _, posterior in self.posteriors():
+            posterior.frozen = True
+        return self
+
+    def unfreeze(self) -> BayesianModule:
+        """Make every posterior sample again; returns ``self``."""
+        for _, posterior in self.posteriors():
+            posterior.frozen = False
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_modules"] = {**state["_modules"], "module": _PicklableModel(self.module)}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        snapshot = state["_modules"]["module"]
+        if isinstance(snapshot, _PicklableModel):
+            state["_modules"] = {**state["_modules"], "module": snapshot.restore()}
+        super().__setstate__(state)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Make every posterior in ``module`` return its mean inside the block, then restore each one's state.
+
+    Example:
+        >>> import torch
+        >>> from torchbayesian import bnn
+        >>> model = bnn.BayesianModule(torch.nn.Linear(3, 1))
+        >>> x = torch.randn(2, 3)
+        >>> with bnn.frozen(model):
+        ...     assert torch.equal(model(x), model(x))
+    """
+    states = [(posterior, posterior.frozen) for _, posterior in posteriors(module)]
+    for posterior, _ in states:
+        posterior.frozen = True
+    try:
+        yield module
+    finally:
+        for posterior, state in states:
+            posterior.frozen = state
+
+
+def convert_(
+    model: nn.Module,
+    posterior: PosteriorSpec,
+    prior: Prior | None,
+    *,
+    include: Filters,
+    exclude: Filters,
+    posterior_kwargs: dict[str, Any],
+) -> list[VariationalPosterior]:
+    """Register posteriors on the selected parameters of ``model``; nothing changes if building one fails."""
+    include_patterns = _as_patterns(include, "include")
+    exclude_patterns = _as_patterns(exclude, "exclude")
+    planned: list[tuple[list[tuple[nn.Module, str]], VariationalPosterior]] = []
+    for param, param_sites in _parameter_sites(model).items():
+        qualified_name, module_name, owner, tensor_name = param_sites[0]
+        if not _selected(param, qualified_name, module_name, owner, include_patterns, exclude_patterns):
+            continue
+        built = build_posterior(posterior, param, qualified_name, dict(posterior_kwargs))
+        built.prior = resolve_prior(prior, param)
+        planned.append(([(site[2], site[3]) for site in param_sites], built))
+    for owner_sites, built in planned:
+        for owner, tensor_name in owner_sites:
+            attach(owner, tensor_name, built)
+    return [built for _, built in planned]
+
+
+def _parameter_sites(model: nn.Module) -> dict[nn.Parameter, list[tuple[str, str, nn.Module, str]]]:
+    found: dict[nn.Parameter, list[tuple[str, str, nn.Module, str]]] = {}
+    seen: set[tuple[int, str]] = set()
+    for module_name, owner in model.named_modules(remove_duplicate=False):
+        for tensor_name, param in owner._parameters.items():
+            if param is None or (id(owner), tensor_name) in seen:
+                continue
+            seen.add((id(owner), tensor_name))
+            qualified_name = f"{module_name}.{tensor_name}" if module_name else tensor_name
+            found.setdefault(param, []).append((qualified_name, module_name, owner, tensor_name))
+    return found
+
+
+def _selected(
+    param: nn.Parameter,
+    qualified_name: str,
+    module_name: str,
+    owner: nn.Module,
+    include: list[Filter],
+    exclude: list[Filter],
+) -> bool:
+    if not param.requires_grad or not param.is_floating_point():
+        return False
+    if _matches(exclude, qualified_name, module_name, owner):
+        return False
+    if include:
+        return _matches(include, qualified_name, module_name, owner)
+    return not is_normalization(owner)
+
+
+def is_normalization(module: nn.Module) -> bool:
+    """Return whether ``module`` is a normalization layer, by type or by a class name ending in ``Norm``."""
+    return isinstance(module, _NORMALIZATION_TYPES) or bool(_NORMALIZATION_NAME.search(type(module).__name__))
+
+
+def _matches(patterns: list[Filter], qualified_name: str, module_name: str, owner: nn.Module) -> bool:
+    for pattern in patterns:
+        if isinstance(pattern, str):
+            if fnmatchcase(qualified_name, pattern) or (module_name and fnmatchcase(module_name, pattern)):
+                return True
+        elif isinstance(owner, pattern):
+            return True
+    return False
+
+
+def _as_patterns(value: Filters, argument: str) -> list[Filter]:
+    if value is None:
+        return []
+    patterns = [value] if isinstance(value, (str, type)) else list(value)
+    for pattern in patterns:
+        if not (isinstance(pattern, str) or (isinstance(pattern, type) and issubclass(pattern, nn.Module))):
+            raise TypeError(
+                f"BayesianModule: {argument} entries must be nn.Module subclasses or glob strings, got {pattern!r}."
+            )
+    return patterns
+
+
+class _PicklableModel:
+    """A copy of a converted model with its parametrizations detached, so that it can be pickled."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = copy.deepcopy(model)
+        self.sites: list[tuple[str, str, VariationalPosterior]] = []
+        for qualified_name, _, tensor_name, posterior in list(sites(self.model)):
+            module_name = qualified_name[: -len(tensor_name) - 1] if "." in qualified_name else ""
+            self.sites.append((module_name, tensor_name, posterior))
+        for _, owner in self.model.named_modules():
+            if not parametrize.is_parametrized(owner):
+                continue
+            names = list(owner.parametrizations)
+            owner.__class__ = parametrize.type_before_parametrizations(owner)
+            del owner._modules["parametrizations"]
+            for tensor_name in names:
+                owner.register_parameter(tensor_name, nn.Parameter(torch.empty(0)))
+
+    def restore(self) -> nn.Module:
+        for module_name, tensor_name, posterior in self.sites:
+            owner = self.model.get_submodule(module_name)
+            if get_posterior(owner, tensor_name) is posterior:
+                continue
+            posterior._accepts_assignment = False
+            attach(owner, tensor_name, posterior)
+        return self.model

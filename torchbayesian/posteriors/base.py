@@ -1,0 +1,168 @@
+"""The abstract variational posterior: a parametrization that samples a tensor."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from torchbayesian import _sampling
+from torchbayesian.priors.base import Prior
+
+__all__ = ["VariationalPosterior"]
+
+
+class VariationalPosterior(nn.Module, ABC):
+    """Approximate posterior over one tensor, registered as a `torch.nn.utils.parametrize` parametrization.
+
+    Once registered on ``module.weight``, every read of ``module.weight`` calls `forward`, which
+    returns a sample of the posterior (or its mean when `frozen`). The original tensor is **not
+    kept**: `right_inverse` returns an empty tuple, so `parametrize` stores no ``original``
+    parameter and the optimizer sees only the variational parameters. Subclasses decide how the
+    original values seed the posterior in `from_param`.
+
+    Subclasses implement `distribution` and `sample_parameters`; they may override `from_param`
+    and `set_mean_`.
+
+    Args:
+        shape (torch.Size | tuple[int, ...]): Shape of the tensor the posterior replaces.
+        dtype (torch.dtype | None): Dtype of the variational parameters.
+        device (torch.device | str | None): Device of the variational parameters.
+
+    Attributes:
+        shape (torch.Size): Shape of every sample.
+        prior (Prior | None): Prior the KL divergence is taken against; set on registration.
+        frozen (bool): When ``True``, `forward` returns the posterior mean instead of a sample.
+    """
+
+    prior: Prior | None
+
+    def __init__(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.shape = torch.Size(shape)
+        self._factory_kwargs: dict[str, Any] = {"dtype": dtype, "device": device}
+        self.frozen = False
+        self._accepts_assignment = False
+        self._last_sample: Tensor | None = None
+        self.register_module("prior", None)
+
+    @classmethod
+    def from_param(cls, param: Tensor, **kwargs: Any) -> VariationalPosterior:
+        """Build a posterior for ``param``.
+
+        The default uses only the tensor's shape, dtype and device; subclasses override it to
+        initialise from the tensor's values.
+
+        Args:
+            param (Tensor): The tensor the posterior will replace.
+            **kwargs: Passed to the constructor.
+
+        Returns:
+            VariationalPosterior: A posterior of the same shape, dtype and device as ``param``.
+        """
+        return cls(param.shape, dtype=param.dtype, device=param.device, **kwargs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the variational parameters."""
+        tensor = next(self.parameters(recurse=False), None)
+        if tensor is not None:
+            return tensor.dtype
+        return self._factory_kwargs["dtype"] or torch.get_default_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the variational parameters."""
+        tensor = next(self.parameters(recurse=False), None)
+        if tensor is not None:
+            return tensor.device
+        return torch.device(self._factory_kwargs["device"] or "cpu")
+
+    @property
+    @abstractmethod
+    def distribution(self) -> Distribution:
+        """Element-wise distribution of the tensor, with ``batch_shape == shape``."""
+
+    @property
+    def mean(self) -> Tensor:
+        """Posterior mean, returned by `forward` in frozen mode."""
+        return self.distribution.mean
+
+    @abstractmethod
+    def sample_parameters(self) -> Tensor:
+        """Draw a fresh reparameterised sample of the tensor (differentiable in the parameters)."""
+
+    def forward(self) -> Tensor:
+        """Return the tensor: the mean when `frozen`, otherwise a sample.
+
+        Inside `reuse_samples` (entered by `BayesianModule` on every forward) the sample is drawn
+        once and reused. The latest sample is kept for single-sample KL estimates.
+        """
+        if self.frozen:
+            return self.mean
+        sample = _sampling.draw(self, self.sample_parameters)
+        self._last_sample = sample
+        return sample
+
+    @property
+    def last_sample(self) -> Tensor | None:
+        """The sample returned by the latest unfrozen `forward`, or ``None`` before the first one."""
+        return self._last_sample
+
+    def set_mean_(self, value: Tensor) -> None:
+        """Move the posterior mean to ``value`` in place (used when the tensor is assigned).
+
+        Raises:
+            NotImplementedError: If the posterior cannot set its mean.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be assigned a value; update its parameters directly."
+        )
+
+    def right_inverse(self, value: Tensor) -> tuple[()]:
+        """Keep no copy of the original tensor; after registration, an assignment sets the mean."""
+        if self._accepts_assignment:
+            with torch.no_grad():
+                self.set_mean_(value)
+        return ()
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Return ``log q(value)`` summed over all elements."""
+        return self.distribution.log_prob(value).sum()
+
+    def kl_divergence(self, *, num_samples: int | None = None) -> Tensor:
+        """Return ``KL(q || prior)`` summed over all elements.
+
+        Uses the closed form when `torch.distributions.kl_divergence` knows the pair; otherwise a
+        Monte Carlo estimate ``log q(w) - log p(w)`` at the weights of the latest forward pass
+        (or, with ``num_samples``, averaged over that many fresh samples).
+
+        Args:
+            num_samples (int | None): Number of fresh samples for the Monte Carlo estimate.
+
+        Returns:
+            Tensor: A scalar with gradient to the variational parameters.
+
+        Raises:
+            ValueError: If the posterior has no prior.
+        """
+        from torchbayesian.kl import posterior_kl
+
+        return posterior_kl(self, num_samples=num_samples)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_last_sample"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.shape)}, frozen={self.frozen}"

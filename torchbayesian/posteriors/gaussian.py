@@ -1,0 +1,134 @@
+"""Mean-field Gaussian posterior."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+from torchbayesian._math import softplus_inverse
+from torchbayesian.posteriors.base import VariationalPosterior
+
+__all__ = ["GaussianPosterior"]
+
+Init = float | Tensor | Callable[[Tensor], Tensor | None]
+
+
+class GaussianPosterior(VariationalPosterior):
+    """Fully factorised Gaussian posterior $q(w) = \\mathcal{N}(\\mu, \\sigma^2)$, $\\sigma = \\mathrm{softplus}(\\rho)$.
+
+    Samples are ``mu + sigma * eps`` with ``eps ~ N(0, 1)`` (Blundell et al., 2015,
+    "Weight Uncertainty in Neural Networks").
+
+    Built through `from_param`, ``mu`` starts from the tensor's current values, so a layer keeps
+    its own initialisation and pretrained weights stay the mean.
+
+    Args:
+        shape (torch.Size | tuple[int, ...]): Shape of the tensor.
+        mu_init (float | Tensor | Callable): Initial mean: a constant, a tensor (copied), or a
+            callable applied in place to the empty ``mu`` tensor (e.g. ``torch.nn.init.kaiming_uniform_``).
+        sigma_init (float): Initial standard deviation, used when ``rho_init`` is ``None``.
+        rho_init (float | Tensor | Callable | None): Initial unconstrained scale; overrides ``sigma_init``.
+        dtype (torch.dtype | None): Dtype of ``mu`` and ``rho``.
+        device (torch.device | str | None): Device of ``mu`` and ``rho``.
+
+    Attributes:
+        mu (nn.Parameter): Posterior mean.
+        rho (nn.Parameter): Unconstrained scale; ``sigma = softplus(rho)``.
+
+    Raises:
+        ValueError: If ``sigma_init`` is not a finite positive number or a tensor has the wrong shape.
+
+    Example:
+        >>> import torch
+        >>> from torchbayesian import bnn
+        >>> q = bnn.GaussianPosterior.from_param(torch.zeros(2, 3), sigma_init=0.1)
+        >>> q.sigma.allclose(torch.full((2, 3), 0.1))
+        True
+    """
+
+    def __init__(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        mu_init: Init = 0.0,
+        sigma_init: float = 1e-2,
+        rho_init: Init | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(shape, dtype=dtype, device=device)
+        if not (isinstance(sigma_init, (int, float)) and math.isfinite(sigma_init) and sigma_init > 0):
+            raise ValueError(
+                f"{type(self).__name__}: sigma_init must be a finite positive number, got {sigma_init!r}."
+            )
+        self.mu = nn.Parameter(torch.empty(self.shape, **self._factory_kwargs))
+        self.rho = nn.Parameter(torch.empty(self.shape, **self._factory_kwargs))
+        with torch.no_grad():
+            _initialise(self.mu, mu_init, "mu_init")
+            if rho_init is None:
+                self.rho.copy_(softplus_inverse(torch.tensor(float(sigma_init), dtype=torch.float64)))
+            else:
+                _initialise(self.rho, rho_init, "rho_init")
+
+    @classmethod
+    def from_param(cls, param: Tensor, **kwargs: Any) -> GaussianPosterior:
+        """Build a posterior whose mean is a copy of ``param`` unless ``mu_init`` is given.
+
+        Args:
+            param (Tensor): The tensor the posterior will replace.
+            **kwargs: Constructor arguments (``mu_init``, ``sigma_init``, ``rho_init``).
+
+        Returns:
+            GaussianPosterior: A posterior with the shape, dtype and device of ``param``.
+        """
+        kwargs.setdefault("mu_init", param.detach())
+        return cls(param.shape, dtype=param.dtype, device=param.device, **kwargs)
+
+    @property
+    def sigma(self) -> Tensor:
+        """Posterior standard deviation ``softplus(rho)``."""
+        return F.softplus(self.rho)
+
+    @property
+    def mean(self) -> Tensor:
+        """Posterior mean ``mu``."""
+        return self.mu
+
+    @property
+    def distribution(self) -> Normal:
+        """``Normal(mu, sigma)`` with ``batch_shape == shape``."""
+        return Normal(self.mu, self.sigma, validate_args=False)
+
+    def sample_parameters(self) -> Tensor:
+        """Return ``mu + sigma * eps`` with fresh standard normal ``eps``."""
+        return self.mu + self.sigma * torch.randn_like(self.mu)
+
+    def set_mean_(self, value: Tensor) -> None:
+        """Copy ``value`` into ``mu``."""
+        self.mu.copy_(value)
+
+
+def _initialise(tensor: Tensor, init: Init, name: str) -> None:
+    if callable(init):
+        result = init(tensor)
+        if isinstance(result, Tensor) and result is not tensor:
+            tensor.copy_(result)
+    elif isinstance(init, Tensor):
+        if init.shape != tensor.shape and init.dim() != 0:
+            raise ValueError(
+                f"GaussianPosterior: {name} has shape {tuple(init.shape)}, expected {tuple(tensor.shape)} "
+                "or a scalar."
+            )
+        tensor.copy_(init)
+    elif isinstance(init, (int, float)):
+        tensor.fill_(float(init))
+    else:
+        raise TypeError(
+            f"GaussianPosterior: {name} must be a float, a Tensor or a callable, got {type(init).__name__}."
+        )

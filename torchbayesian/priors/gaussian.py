@@ -1,0 +1,47 @@
+"""Gaussian prior."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.distributions import Normal
+
+from torchbayesian.priors.base import Prior, as_buffer
+
+__all__ = ["GaussianPrior"]
+
+
+class GaussianPrior(Prior):
+    """Gaussian prior $p(w) = \\mathcal{N}(\\mathrm{loc}, \\mathrm{scale}^2)$, element-wise.
+
+    Args:
+        loc (float | Tensor): Mean; a scalar or a tensor broadcastable to the weight's shape.
+        scale (float | Tensor): Standard deviation, positive and finite.
+
+    Raises:
+        TypeError: If an argument is not a float or a floating-point tensor.
+        ValueError: If an argument is not finite or ``scale`` is not positive.
+
+    Example:
+        >>> from torchbayesian import bnn
+        >>> bnn.GaussianPrior(0.0, 0.1).distribution.stddev
+        tensor(0.1000)
+    """
+
+    loc: Tensor
+    scale: Tensor
+
+    def __init__(self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("loc", as_buffer(loc, "loc", "GaussianPrior"))
+        self.register_buffer("scale", as_buffer(scale, "scale", "GaussianPrior", positive=True))
+
+    @property
+    def distribution(self) -> Normal:
+        """``Normal(loc, scale)``."""
+        return Normal(self.loc, self.scale, validate_args=False)
+
+    def extra_repr(self) -> str:
+        shape = tuple(self.loc.shape)
+        if shape:
+            return f"loc=<tensor {shape}>, scale=<tensor {tuple(self.scale.shape)}>"
+        return f"loc={self.loc.item():g}, scale={self.scale.item():g}"
