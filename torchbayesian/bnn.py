@@ -3,6 +3,7 @@
 from torchbayesian._sampling import reuse_samples
 from torchbayesian.kl import kl_divergence
 from torchbayesian.module import BayesianModule, frozen
+from torchbayesian.moped import to_bayesian
 from torchbayesian.posteriors import GaussianPosterior, VariationalPosterior
 from torchbayesian.priors import GaussianPrior, Prior
 from torchbayesian.registration import is_bayesian, posteriors, register_posterior, remove_posterior
@@ -20,4 +21,5 @@ __all__ = [
     "register_posterior",
     "remove_posterior",
     "reuse_samples",
+    "to_bayesian",
 ]
