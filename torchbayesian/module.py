@@ -10,11 +10,11 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.utils import parametrize
 
 from torchbayesian import _sampling
-from torchbayesian.kl import kl_divergence
+from torchbayesian.mixin import BayesianMixin
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import (
@@ -45,7 +45,7 @@ _NORMALIZATION_TYPES = (
 _NORMALIZATION_NAME = re.compile(r"Norm(\d+d)?$")
 
 
-class BayesianModule(nn.Module):
+class BayesianModule(BayesianMixin, nn.Module):
     """Wrap a model and register a posterior on each of its trainable floating-point parameters.
 
     The model is converted **in place** and kept as `module`. Each selected parameter is replaced
@@ -64,7 +64,9 @@ class BayesianModule(nn.Module):
 
     `forward` passes every argument through and returns what the model returns. Each Bayesian
     tensor is sampled exactly once per forward, in training and evaluation mode alike; `freeze`
-    (or the `frozen` context manager) makes every posterior return its mean instead.
+    (or the `frozen` context manager) makes every posterior return its mean instead. The KL,
+    log-density and ELBO methods (`kl_divergence`, `log_prior`, `log_variational_posterior`,
+    `sample_elbo`) come from `BayesianMixin`.
 
     Args:
         module (nn.Module): The model to convert.
@@ -121,25 +123,9 @@ class BayesianModule(nn.Module):
         with _sampling.reuse_samples():
             return self.module(*args, **kwargs)
 
-    def kl_divergence(self, *, num_samples: int | None = None) -> Tensor:
-        """Return the KL divergence of all posteriors to their priors, summed; see `torchbayesian.bnn.kl_divergence`."""
-        return kl_divergence(self.module, num_samples=num_samples)
-
     def posteriors(self) -> Iterator[tuple[str, VariationalPosterior]]:
         """Yield ``(qualified_name, posterior)`` for each posterior, names relative to `module`."""
         return posteriors(self.module)
-
-    def freeze(self) -> BayesianModule:
-        """Make every posterior return its mean (deterministic prediction); returns ``self``."""
-        for _, posterior in self.posteriors():
-            posterior.frozen = True
-        return self
-
-    def unfreeze(self) -> BayesianModule:
-        """Make every posterior sample again; returns ``self``."""
-        for _, posterior in self.posteriors():
-            posterior.frozen = False
-        return self
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
