@@ -44,7 +44,7 @@ class BayesianLayer(BayesianMixin):
     `log_prior`, `log_variational_posterior`, `sample_elbo`, `freeze`).
 
     A parametrized layer cannot be pickled whole with ``torch.save(layer)`` (a `torch.nn.utils.parametrize`
-    restriction): save its ``state_dict`` or wrap it in a `BayesianModule`.
+    restriction): save and load its ``state_dict`` instead.
 
     Args:
         *args: The torch layer's positional arguments.
