@@ -48,7 +48,8 @@ def to_bayesian(
         model (nn.Module): The trained deterministic model.
         delta (float): Relative posterior scale $\\delta > 0$.
         freeze (bool): Keep the posterior means fixed at the trained weights: ``mu`` gets
-            ``requires_grad=False``, so only the scales (``rho*``) are trained.
+            ``requires_grad=False``, so only the scales (``rho*``) are trained. (Not to be confused
+            with `BayesianModule.freeze`, which makes the model predict with the means.)
         posterior (type[VariationalPosterior]): Posterior class whose mean parameter is ``mu`` and whose
             unconstrained scales are the parameters named ``rho*`` (`GaussianPosterior`: ``rho``;
             `ScaleMixturePosterior`: ``rho1`` and ``rho2``, both set to $\\delta |w|$, so the
@@ -119,7 +120,7 @@ def _initialise(built: nn.Module, qualified_name: str, delta: float, min_sigma: 
             "unconstrained scale parameters named `rho*`; use GaussianPosterior or ScaleMixturePosterior."
         )
     with torch.no_grad():
-        sigma = (delta * mu.detach().to(torch.float64).abs()).clamp_min(min_sigma)
+        sigma = (delta * mu.detach().to(torch.promote_types(mu.dtype, torch.float32)).abs()).clamp_min(min_sigma)
         rho = softplus_inverse(sigma)
         for scale in scales:
             scale.copy_(rho)
