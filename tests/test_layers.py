@@ -1,5 +1,6 @@
 """Tests for the drop-in Bayesian layers, bnn.Sequential and bnn.ModuleList."""
 
+import copy
 import io
 
 import pytest
@@ -187,3 +188,19 @@ def test_sequential_samples_a_shared_layer_once():
     weight, bias = shared.parametrizations.weight[0].last_sample, shared.parametrizations.bias[0].last_sample
     expected = nn.functional.linear(nn.functional.linear(x, weight, bias), weight, bias)
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize(("cls", "args", "shape"), [(bnn.LSTM, (2, 3), (4, 1, 2)), (bnn.GRU, (2, 3), (4, 1, 2)), (bnn.Linear, (2, 3), (4, 2))])
+def test_deepcopy_after_forward_is_independent(cls, args, shape):
+    layer = cls(*args)
+    x = torch.randn(shape)
+    layer(x)
+    replica = copy.deepcopy(layer)
+    with bnn.frozen(layer), bnn.frozen(replica):
+        for got, expected in zip(_flatten(replica(x)), _flatten(layer(x)), strict=True):
+            assert torch.equal(got, expected)
+    first = next(iter(dict(replica.posteriors()).values()))
+    with torch.no_grad():
+        first.mu.add_(1.0)
+    assert not torch.equal(first.mu, next(iter(dict(layer.posteriors()).values())).mu)
+    assert _flatten(replica(x))[0].shape == _flatten(layer(x))[0].shape

@@ -154,3 +154,21 @@ def test_moped_with_scale_mixture_posterior():
     x = torch.randn(2, 4)
     with bnn.frozen(model):
         assert torch.equal(model(x), net(x))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    pi=st.floats(0.0, 1.0),
+)
+def test_shapes_and_dtypes(shape, dtype, pi):
+    q = bnn.ScaleMixturePosterior.from_param(torch.randn(shape, dtype=dtype), pi=pi)
+    sample = q.sample_parameters()
+    assert sample.shape == shape and sample.dtype == dtype
+    assert q.distribution.batch_shape == shape
+    log_prob = q.log_prob(sample)
+    assert log_prob.dtype == dtype and log_prob.shape == () and torch.isfinite(log_prob)
+    q.prior = bnn.ScaleMixturePrior().to(dtype)
+    kl = q.kl_divergence(num_samples=3)
+    assert kl.dtype == dtype and kl.shape == () and torch.isfinite(kl)

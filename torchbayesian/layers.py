@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from torchbayesian import _sampling
@@ -134,7 +135,20 @@ DeConv2d = ConvTranspose2d
 DeConv3d = ConvTranspose3d
 
 
-class LSTM(BayesianLayer, nn.LSTM):
+class _RecurrentLayer(BayesianLayer):
+    """Let recurrent layers be deep-copied although they cache the latest weight samples."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _RecurrentLayer:
+        for weight in self.__dict__.get("_flat_weights", ()):
+            if isinstance(weight, Tensor) and not weight.is_leaf:
+                memo[id(weight)] = weight.detach().clone()
+        replica = self.__new__(type(self))
+        memo[id(self)] = replica
+        replica.__dict__ = copy.deepcopy(self.__dict__, memo)
+        return replica
+
+
+class LSTM(_RecurrentLayer, nn.LSTM):
     """Bayesian `torch.nn.LSTM`; takes its arguments plus those of `BayesianLayer`.
 
     Each weight is sampled once per call and shared by all time steps.
@@ -149,7 +163,7 @@ class LSTM(BayesianLayer, nn.LSTM):
     """
 
 
-class GRU(BayesianLayer, nn.GRU):
+class GRU(_RecurrentLayer, nn.GRU):
     """Bayesian `torch.nn.GRU`; takes its arguments plus those of `BayesianLayer`."""
 
 
