@@ -204,3 +204,14 @@ def test_deepcopy_after_forward_is_independent(cls, args, shape):
         first.mu.add_(1.0)
     assert not torch.equal(first.mu, next(iter(dict(layer.posteriors()).values())).mu)
     assert _flatten(replica(x))[0].shape == _flatten(layer(x))[0].shape
+
+
+@pytest.mark.parametrize(("pi", "expected_scale"), [(1.0, 0.3), (0.0, 0.02)])
+def test_degenerate_mixture_is_a_gaussian_prior_with_closed_form_kl(pi, expected_scale):
+    layer = bnn.Linear(3, 2, prior_pi=pi, prior_sigma_1=0.3, prior_sigma_2=0.02)
+    q = dict(layer.posteriors())["weight"]
+    assert type(q.prior) is bnn.GaussianPrior and q.prior.scale.item() == pytest.approx(expected_scale)
+    mixture = bnn.ScaleMixturePrior(pi, 0.3, 0.02)
+    w = torch.randn(2, 3)
+    torch.testing.assert_close(q.prior.log_prob(w), mixture.log_prob(w))
+    assert torch.equal(layer.kl_divergence(), layer.kl_divergence())

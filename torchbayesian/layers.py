@@ -10,8 +10,10 @@ from torch.distributions import Distribution
 
 from torchbayesian import _sampling
 from torchbayesian.mixin import BayesianMixin
+from torchbayesian.module import convert_
 from torchbayesian.posteriors.gaussian import GaussianPosterior, Init
 from torchbayesian.priors.base import Prior
+from torchbayesian.priors.gaussian import GaussianPrior
 from torchbayesian.priors.scale_mixture import ScaleMixturePrior
 
 __all__ = [
@@ -51,7 +53,8 @@ class BayesianLayer(BayesianMixin):
         *args: The torch layer's positional arguments.
         prior_sigma_1 (float): Standard deviation of the wide component of the `ScaleMixturePrior`.
         prior_sigma_2 (float): Standard deviation of the narrow component.
-        prior_pi (float): Weight of the wide component, in ``[0, 1]`` (``1`` gives a Gaussian prior).
+        prior_pi (float): Weight of the wide component, in ``[0, 1]``; with ``1`` (or ``0``) the
+            prior is the `GaussianPrior` of the remaining component, whose KL has a closed form.
         prior_dist (Prior | Distribution | None): Any prior (a `Prior` or a ``torch.distributions``
             distribution, broadcast to each tensor's shape); replaces the scale mixture.
         posterior_mu_init (float | Tensor | Callable | None): Initial posterior mean; ``None``
@@ -75,10 +78,8 @@ class BayesianLayer(BayesianMixin):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        from torchbayesian.module import convert_
-
         module = self._as_module()
-        prior = prior_dist if prior_dist is not None else ScaleMixturePrior(prior_pi, prior_sigma_1, prior_sigma_2)
+        prior = prior_dist if prior_dist is not None else _scale_mixture(prior_pi, prior_sigma_1, prior_sigma_2)
         posterior_kwargs: dict[str, Any] = {}
         if posterior_mu_init is not None:
             posterior_kwargs["mu_init"] = posterior_mu_init
@@ -92,6 +93,14 @@ class BayesianLayer(BayesianMixin):
         """Run the torch layer's forward with one weight sample per parameter."""
         with _sampling.reuse_samples():
             return super().forward(*args, **kwargs)  # type: ignore[misc]
+
+
+def _scale_mixture(pi: float, sigma1: float, sigma2: float) -> Prior:
+    if pi == 1:
+        return GaussianPrior(0.0, sigma1)
+    if pi == 0:
+        return GaussianPrior(0.0, sigma2)
+    return ScaleMixturePrior(pi, sigma1, sigma2)
 
 
 class Linear(BayesianLayer, nn.Linear):
