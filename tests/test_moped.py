@@ -202,6 +202,8 @@ def test_explicit_prior_replaces_moped_prior():
     ({"min_sigma": -1.0}, ValueError, "min_sigma must be a finite positive number"),
     ({"prior_scale": 0.0}, ValueError, "prior_scale must be positive"),
     ({"posterior": bnn.GaussianPosterior((2,))}, TypeError, "posterior must be a VariationalPosterior class"),
+    ({"sigma_init": 0.1}, TypeError, r"remove \['sigma_init'\]"),
+    ({"mu_init": 0.0, "rho_init": 1.0}, TypeError, r"remove \['mu_init', 'rho_init'\]"),
 ])
 def test_invalid_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -221,3 +223,12 @@ def test_rho_is_softplus_inverse_of_sigma():
     q = dict(model.posteriors())["weight"]
     expected = softplus_inverse(0.05 * net.weight.detach().double().abs()).float()
     torch.testing.assert_close(q.rho, expected)
+
+
+def test_posterior_kwargs_are_passed_through():
+    net = nn.Linear(3, 2)
+    model = bnn.to_bayesian(net, delta=0.2, posterior=bnn.ScaleMixturePosterior, pi=0.3)
+    for name, q in model.posteriors():
+        assert q.pi.item() == pytest.approx(0.3)
+        torch.testing.assert_close(q.sigma1, q.sigma2)
+        torch.testing.assert_close(q.distribution.stddev, 0.2 * getattr(net, name).detach().abs(), rtol=1e-4, atol=0.0)

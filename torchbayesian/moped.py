@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,7 @@ def to_bayesian(
     min_sigma: float = 1e-6,
     include: Filters = None,
     exclude: Filters = None,
+    **posterior_kwargs: Any,
 ) -> BayesianModule:
     """Return a Bayesian copy of a trained model, initialised with MOPED (Krishnan et al., 2020).
 
@@ -61,12 +63,15 @@ def to_bayesian(
             smaller (in particular where $w = 0$).
         include (type | str | Sequence | None): Convert only parameters matching one of these.
         exclude (type | str | Sequence | None): Never convert parameters matching one of these.
+        **posterior_kwargs: Other arguments of ``posterior.from_param`` (e.g. ``pi=0.3`` for
+            `ScaleMixturePosterior`); MOPED sets the means and scales itself.
 
     Returns:
         BayesianModule: The converted copy.
 
     Raises:
-        TypeError: If ``model`` is not an ``nn.Module`` or ``posterior`` is not a posterior class.
+        TypeError: If ``model`` is not an ``nn.Module``, ``posterior`` is not a posterior class, or
+            ``posterior_kwargs`` sets a mean or scale initialisation.
         ValueError: If ``delta``, ``min_sigma`` or ``prior_scale`` is not finite and positive, or
             ``model`` already holds posteriors.
 
@@ -92,10 +97,18 @@ def to_bayesian(
     for name, value in (("delta", delta), ("min_sigma", min_sigma)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"to_bayesian: {name} must be a finite positive number, got {value!r}.")
+    overridden = sorted(key for key in posterior_kwargs if key.startswith(("mu_", "sigma", "rho")))
+    if overridden:
+        raise TypeError(
+            f"to_bayesian sets the posterior means and scales from the trained weights; remove {overridden} "
+            "(use delta and min_sigma to choose the scales)."
+        )
     scale = as_buffer(prior_scale, "prior_scale", "to_bayesian", positive=True)
     if prior is None:
         prior = _MopedPrior(scale)
-    bayesian = BayesianModule(copy.deepcopy(model), posterior, prior, include=include, exclude=exclude)
+    bayesian = BayesianModule(
+        copy.deepcopy(model), posterior, prior, include=include, exclude=exclude, **posterior_kwargs
+    )
     for qualified_name, built in bayesian.posteriors():
         _initialise(built, qualified_name, delta, min_sigma, freeze)
     return bayesian
