@@ -232,3 +232,22 @@ def test_posterior_kwargs_are_passed_through():
         assert q.pi.item() == pytest.approx(0.3)
         torch.testing.assert_close(q.sigma1, q.sigma2)
         torch.testing.assert_close(q.distribution.stddev, 0.2 * getattr(net, name).detach().abs(), rtol=1e-4, atol=0.0)
+
+
+def test_posterior_without_mu_and_rho_is_rejected():
+    class PointPosterior(bnn.VariationalPosterior):
+        def __init__(self, shape, **kwargs) -> None:
+            super().__init__(shape, **kwargs)
+            self.value = nn.Parameter(torch.zeros(shape, **self._factory_kwargs))
+
+        @property
+        def distribution(self):
+            return torch.distributions.Normal(self.value, 1.0)
+
+        def sample_parameters(self):
+            return self.value
+
+    net = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match=r"PointPosterior \(for weight\) needs a mean parameter `mu`"):
+        bnn.to_bayesian(net, posterior=PointPosterior)
+    assert not bnn.is_bayesian(net)
