@@ -29,6 +29,8 @@ from torchbayesian.priors import DistributionPrior, GaussianPrior, LaplacePrior,
 from torchbayesian.registration import is_bayesian, posteriors, register_posterior, remove_posterior
 
 __all__ = [
+    "GRU",
+    "LSTM",
     "BayesianLayer",
     "BayesianMixin",
     "BayesianModule",
@@ -43,10 +45,8 @@ __all__ = [
     "DeConv3d",
     "DistributionPrior",
     "Embedding",
-    "GRU",
     "GaussianPosterior",
     "GaussianPrior",
-    "LSTM",
     "LaplacePrior",
     "Linear",
     "ModuleList",

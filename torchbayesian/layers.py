@@ -17,6 +17,8 @@ from torchbayesian.priors.gaussian import GaussianPrior
 from torchbayesian.priors.scale_mixture import ScaleMixturePrior
 
 __all__ = [
+    "GRU",
+    "LSTM",
     "BayesianLayer",
     "Conv1d",
     "Conv2d",
@@ -28,8 +30,6 @@ __all__ = [
     "DeConv2d",
     "DeConv3d",
     "Embedding",
-    "GRU",
-    "LSTM",
     "Linear",
     "ModuleList",
     "Sequential",

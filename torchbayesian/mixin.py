@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,8 @@ from torchbayesian.registration import posteriors
 
 __all__ = ["BayesianMixin"]
 
-_Self = TypeVar("_Self", bound="BayesianMixin")
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class BayesianMixin:
@@ -96,13 +97,13 @@ class BayesianMixin:
         terms = [criterion(model(inputs), targets) + kl_weight * self.kl_divergence() for _ in range(num_samples)]
         return torch.stack(terms).sum() / num_samples
 
-    def freeze(self: _Self) -> _Self:
+    def freeze(self) -> Self:
         """Make every posterior return its mean (deterministic prediction); returns ``self``."""
         for _, posterior in self.posteriors():
             posterior.frozen = True
         return self
 
-    def unfreeze(self: _Self) -> _Self:
+    def unfreeze(self) -> Self:
         """Make every posterior sample again; returns ``self``."""
         for _, posterior in self.posteriors():
             posterior.frozen = False

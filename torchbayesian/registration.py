@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from fnmatch import fnmatchcase
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -20,9 +20,9 @@ from torchbayesian.priors.gaussian import GaussianPrior
 __all__ = ["register_posterior", "remove_posterior", "is_bayesian", "posteriors"]
 
 PosteriorSpec = type[VariationalPosterior] | VariationalPosterior
-PriorSpec = Union[
-    Prior, Distribution, Mapping[Union[str, type[nn.Module]], "PriorSpec"], Callable[[str, Tensor], "PriorSpec"], None
-]
+PriorSpec: TypeAlias = (
+    "Prior | Distribution | Mapping[str | type[nn.Module], PriorSpec] | Callable[[str, Tensor], PriorSpec] | None"
+)
 
 
 def register_posterior(

@@ -6,4 +6,4 @@ from torchbayesian.priors.gaussian import GaussianPrior
 from torchbayesian.priors.laplace import LaplacePrior
 from torchbayesian.priors.scale_mixture import ScaleMixturePrior
 
-__all__ = ["Prior", "DistributionPrior", "GaussianPrior", "LaplacePrior", "ScaleMixturePrior"]
+__all__ = ["DistributionPrior", "GaussianPrior", "LaplacePrior", "Prior", "ScaleMixturePrior"]

@@ -64,7 +64,7 @@ class DistributionPrior(Prior):
                     f"batch shape: {tuple(distribution.batch_shape)}\ntensor shape: {tuple(self.shape)}"
                 ) from None
         try:
-            self.distribution
+            _ = self.distribution
         except (TypeError, ValueError, RuntimeError) as error:
             raise TypeError(
                 f"DistributionPrior cannot rebuild {self._family.__name__} from its arguments "
