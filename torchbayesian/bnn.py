@@ -1,6 +1,12 @@
 """The public API: ``from torchbayesian import bnn``."""
 
 from torchbayesian._sampling import reuse_samples
+from torchbayesian.estimators import (
+    FlipoutPosterior,
+    LayerOp,
+    LocalReparameterizationPosterior,
+    register_estimator,
+)
 from torchbayesian.kl import kl_divergence
 from torchbayesian.module import BayesianModule, frozen
 from torchbayesian.posteriors import GaussianPosterior, VariationalPosterior
@@ -9,14 +15,18 @@ from torchbayesian.registration import is_bayesian, posteriors, register_posteri
 
 __all__ = [
     "BayesianModule",
+    "FlipoutPosterior",
     "GaussianPosterior",
     "GaussianPrior",
+    "LayerOp",
+    "LocalReparameterizationPosterior",
     "Prior",
     "VariationalPosterior",
     "frozen",
     "is_bayesian",
     "kl_divergence",
     "posteriors",
+    "register_estimator",
     "register_posterior",
     "remove_posterior",
     "reuse_samples",
