@@ -167,7 +167,7 @@ def rademacher(reference: Tensor, channel_dim: int) -> Tensor:
     shape[channel_dim] = reference.shape[channel_dim]
     if reference.dim() > -channel_dim:
         shape[0] = reference.shape[0]
-    signs = torch.empty(shape, dtype=reference.dtype, device=reference.device).bernoulli_(0.5)
+    signs = torch.randint(0, 2, shape, dtype=reference.dtype, device=reference.device)
     return signs.mul_(2).sub_(1)
 
 
