@@ -95,10 +95,14 @@ def main() -> None:
     times = _step_times(models, inputs, labels, args.rounds)
 
     baseline = variances["weight sampling"]
-    print(f"MLP 784-400-400-10, {args.inputs} inputs, batch {args.batch}, sigma_init {args.sigma}, "
-          f"{args.repeats} passes per variance, "
-          f"median of {args.rounds} interleaved steps, torch {torch.__version__}, 1 thread\n")
-    print("| estimator | Var grad mu (layer 1) | reduction | Var grad rho (layer 1) | reduction | step time | vs deterministic |")
+    print(
+        f"MLP 784-400-400-10, {args.inputs} inputs, batch {args.batch}, sigma_init {args.sigma}, "
+        f"{args.repeats} passes per variance, "
+        f"median of {args.rounds} interleaved steps, torch {torch.__version__}, 1 thread\n"
+    )
+    print(
+        "| estimator | Var grad mu (layer 1) | reduction | Var grad rho (layer 1) | reduction | step time | vs deterministic |"
+    )
     print("|---|---|---|---|---|---|---|")
     print(f"| deterministic | - | - | - | - | {times['deterministic'] * 1e3:.1f} ms | 1.00x |")
     for name in VARIANTS:

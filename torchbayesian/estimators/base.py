@@ -85,9 +85,7 @@ class EstimatorPosterior(GaussianPosterior):
             "to BayesianModule to use plain weight sampling there"
         )
         if name not in _TENSORS:
-            raise TypeError(
-                f"{cls.__name__} applies to the weight and bias of a layer, got {layer}.{name}; {fix}."
-            )
+            raise TypeError(f"{cls.__name__} applies to the weight and bias of a layer, got {layer}.{name}; {fix}.")
         if find_kernel(module) is None:
             base = registered_base(layer_type)
             why = "" if base is None else f" (it overrides the forward of {base.__name__}, so it needs its own)"

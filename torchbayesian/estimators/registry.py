@@ -10,7 +10,7 @@ from typing import TypeVar
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["LayerOp", "Kernel", "register_estimator", "find_kernel", "registered_base", "supported_layers"]
+__all__ = ["Kernel", "LayerOp", "find_kernel", "register_estimator", "registered_base", "supported_layers"]
 
 
 @dataclass(frozen=True)
