@@ -241,6 +241,8 @@ def test_fallback_takes_the_unsupported_tensors() -> None:
         "2.bias": bnn.FlipoutPosterior,
     }
     assert model(torch.tensor([[0, 4]])).shape == (1, 2, 2)
+    gaussian = bnn.BayesianModule(nn.Sequential(nn.Embedding(5, 3), nn.LayerNorm(3), nn.Linear(3, 2)))
+    assert list(model.state_dict()) == list(gaussian.state_dict())
 
 
 def test_one_layer_runs_one_estimator() -> None:

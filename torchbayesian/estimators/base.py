@@ -140,7 +140,7 @@ class _EstimatorForward:
     def __call__(self, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         layer = self.layer
         weight, bias = _term(layer, "weight"), _term(layer, "bias")
-        posterior = weight.posterior or bias.posterior
+        posterior = weight.posterior if weight.posterior is not None else bias.posterior
         if posterior is None:
             if self.previous is not None:
                 return self.previous(input, *args, **kwargs)
