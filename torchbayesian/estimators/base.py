@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -15,8 +15,6 @@ from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import get_posterior
 
 __all__ = ["EstimatorPosterior", "Term", "channel_view", "rademacher"]
-
-_TENSORS = ("weight", "bias")
 
 
 class Term(NamedTuple):
@@ -48,11 +46,16 @@ class EstimatorPosterior(GaussianPosterior):
     Subclasses implement `estimate`. The weight and bias of one layer must use the same estimator
     class; a deterministic tensor or a plain `GaussianPosterior` next to it enters with its value.
 
+    Attributes:
+        tensor_names (tuple[str, ...]): The layer tensors an estimator posterior can be registered on.
+
     Note:
         The estimator acts only when the layer itself is called. A parent that reads the layer's
         weight directly (``nn.MultiheadAttention`` reads ``out_proj.weight``) gets ordinary weight
         samples, which have the same distribution.
     """
+
+    tensor_names: ClassVar[tuple[str, ...]] = ("weight", "bias")
 
     @classmethod
     @abstractmethod
@@ -84,7 +87,7 @@ class EstimatorPosterior(GaussianPosterior):
             f"register a kernel with register_estimator({layer}), or pass fallback=GaussianPosterior "
             "to BayesianModule to use plain weight sampling there"
         )
-        if name not in _TENSORS:
+        if name not in cls.tensor_names:
             raise TypeError(f"{cls.__name__} applies to the weight and bias of a layer, got {layer}.{name}; {fix}.")
         if find_kernel(module) is None:
             base = registered_base(layer_type)
@@ -115,7 +118,7 @@ class EstimatorPosterior(GaussianPosterior):
         forward = module.__dict__.get("forward")
         if not isinstance(forward, _EstimatorForward):
             return
-        if any(isinstance(get_posterior(module, other), EstimatorPosterior) for other in _TENSORS):
+        if any(isinstance(get_posterior(module, other), EstimatorPosterior) for other in self.tensor_names):
             return
         if forward.previous is None:
             del module.forward
