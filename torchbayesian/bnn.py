@@ -2,6 +2,12 @@
 
 from torchbayesian._sampling import reuse_samples
 from torchbayesian.decorator import bayesian
+from torchbayesian.estimators import (
+    FlipoutPosterior,
+    LayerOp,
+    LocalReparameterizationPosterior,
+    register_estimator,
+)
 from torchbayesian.kl import kl_divergence
 from torchbayesian.layers import (
     GRU,
@@ -29,8 +35,6 @@ from torchbayesian.priors import DistributionPrior, GaussianPrior, LaplacePrior,
 from torchbayesian.registration import is_bayesian, posteriors, register_posterior, remove_posterior
 
 __all__ = [
-    "GRU",
-    "LSTM",
     "BayesianLayer",
     "BayesianMixin",
     "BayesianModule",
@@ -45,10 +49,15 @@ __all__ = [
     "DeConv3d",
     "DistributionPrior",
     "Embedding",
+    "FlipoutPosterior",
+    "GRU",
     "GaussianPosterior",
     "GaussianPrior",
+    "LSTM",
     "LaplacePrior",
+    "LayerOp",
     "Linear",
+    "LocalReparameterizationPosterior",
     "ModuleList",
     "Prior",
     "ScaleMixturePosterior",
@@ -60,6 +69,7 @@ __all__ = [
     "is_bayesian",
     "kl_divergence",
     "posteriors",
+    "register_estimator",
     "register_posterior",
     "remove_posterior",
     "reuse_samples",

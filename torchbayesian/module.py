@@ -61,6 +61,9 @@ class BayesianModule(BayesianMixin, nn.Module):
       (``"classifier.*"``) or its module's (``"encoder.layer.0*"``).
     - A parameter reachable under several names (tied weights) gets **one** posterior, registered
       at every name, so the tensors stay tied and see one sample per forward.
+    - A posterior that supports only some layers (`FlipoutPosterior`,
+      `LocalReparameterizationPosterior`) goes on the tensors it supports and ``fallback`` on the
+      others; without ``fallback``, an unsupported tensor raises a ``TypeError`` and nothing changes.
 
     `forward` passes every argument through and returns what the model returns. Each Bayesian
     tensor is sampled exactly once per forward, in training and evaluation mode alike; `freeze`
@@ -79,13 +82,17 @@ class BayesianModule(BayesianMixin, nn.Module):
             tensor by default.
         include (type | str | Sequence | None): Convert only parameters matching one of these.
         exclude (type | str | Sequence | None): Never convert parameters matching one of these.
-        **posterior_kwargs: Passed to ``posterior.from_param`` (e.g. ``sigma_init=1e-3``).
+        fallback (type[VariationalPosterior] | None): Posterior class for the parameters that
+            ``posterior`` does not support (see `VariationalPosterior.check_module`).
+        **posterior_kwargs: Passed to ``posterior.from_param`` and ``fallback.from_param``
+            (e.g. ``sigma_init=1e-3``).
 
     Attributes:
         module (nn.Module): The converted model.
 
     Raises:
-        TypeError: If ``module`` is not an ``nn.Module`` or a filter has the wrong type.
+        TypeError: If ``module`` is not an ``nn.Module``, a filter has the wrong type, or
+            ``posterior`` does not support a selected parameter and no ``fallback`` is given.
         ValueError: If ``module`` already holds posteriors.
 
     Example:
@@ -106,6 +113,7 @@ class BayesianModule(BayesianMixin, nn.Module):
         *,
         include: Filters = None,
         exclude: Filters = None,
+        fallback: PosteriorSpec | None = None,
         **posterior_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -115,7 +123,15 @@ class BayesianModule(BayesianMixin, nn.Module):
             raise ValueError(
                 f"{type(module).__name__} already holds posteriors; wrap the original model only once."
             )
-        convert_(module, posterior, prior, include=include, exclude=exclude, posterior_kwargs=posterior_kwargs)
+        convert_(
+            module,
+            posterior,
+            prior,
+            include=include,
+            exclude=exclude,
+            fallback=fallback,
+            posterior_kwargs=posterior_kwargs,
+        )
         self.module = module
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -169,6 +185,7 @@ def convert_(
     include: Filters,
     exclude: Filters,
     posterior_kwargs: dict[str, Any],
+    fallback: PosteriorSpec | None = None,
 ) -> list[VariationalPosterior]:
     """Register posteriors on the selected parameters of ``model``; nothing changes if building one fails."""
     include_patterns = _as_patterns(include, "include")
@@ -178,13 +195,30 @@ def convert_(
         qualified_name, module_name, owner, tensor_name = param_sites[0]
         if not _selected(param, qualified_name, module_name, owner, include_patterns, exclude_patterns):
             continue
-        built = build_posterior(posterior, param, qualified_name, dict(posterior_kwargs))
+        chosen = _supporting_posterior(posterior, fallback, param_sites)
+        built = build_posterior(chosen, param, qualified_name, dict(posterior_kwargs))
         built.prior = resolve_prior(prior, param, qualified_name, owner)
         planned.append(([(site[2], site[3]) for site in param_sites], built))
     for owner_sites, built in planned:
         for owner, tensor_name in owner_sites:
             attach(owner, tensor_name, built)
     return [built for _, built in planned]
+
+
+def _supporting_posterior(
+    posterior: PosteriorSpec, fallback: PosteriorSpec | None, param_sites: list[tuple[str, str, nn.Module, str]]
+) -> PosteriorSpec:
+    """Return ``posterior`` if it supports every site of the parameter, else ``fallback``."""
+    if not isinstance(posterior, (type, VariationalPosterior)) or not hasattr(posterior, "check_module"):
+        return posterior
+    try:
+        for _, _, owner, tensor_name in param_sites:
+            posterior.check_module(owner, tensor_name)
+    except TypeError as error:
+        if fallback is None:
+            raise TypeError(f"{param_sites[0][0]}: {error}") from error
+        return fallback
+    return posterior
 
 
 def _parameter_sites(model: nn.Module) -> dict[nn.Parameter, list[tuple[str, str, nn.Module, str]]]:

@@ -55,8 +55,9 @@ def register_posterior(
         VariationalPosterior: The registered posterior.
 
     Raises:
-        TypeError: If ``module`` is not a module, the tensor is not floating point, or
-            ``posterior``/``prior`` has the wrong type.
+        TypeError: If ``module`` is not a module, the tensor is not floating point,
+            ``posterior``/``prior`` has the wrong type, or the posterior does not support the
+            module (`VariationalPosterior.check_module`).
         ValueError: If ``name`` is not a parameter of ``module``, is already Bayesian, is frozen
             (``requires_grad=False``), or the posterior's shape or dtype does not match.
 
@@ -70,6 +71,7 @@ def register_posterior(
     """
     param = check_tensor(module, name)
     built = build_posterior(posterior, param, f"{type(module).__name__}.{name}", posterior_kwargs)
+    built.check_module(module, name)
     built.prior = resolve_prior(prior, param, name, module)
     attach(module, name, built)
     return built
@@ -105,6 +107,7 @@ def remove_posterior(
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     finally:
         posterior.frozen = was_frozen
+    posterior.on_remove(module, name)
     restored = nn.Parameter(value)
     module.register_parameter(name, restored)
     return restored
@@ -255,3 +258,4 @@ def attach(module: nn.Module, name: str, posterior: VariationalPosterior) -> Non
     """Register ``posterior`` as the parametrization of ``module.<name>``."""
     parametrize.register_parametrization(module, name, posterior, unsafe=True)
     posterior._accepts_assignment = True
+    posterior.on_register(module, name)

@@ -128,6 +128,23 @@ class VariationalPosterior(nn.Module, ABC):
             f"{type(self).__name__} cannot be assigned a value; update its parameters directly."
         )
 
+    @classmethod
+    def check_module(cls, module: nn.Module, name: str) -> None:
+        """Raise if this posterior cannot be registered on ``module.<name>``; any tensor is accepted by default.
+
+        `register_posterior` and `BayesianModule` call it before changing anything, so a refused
+        registration leaves the module untouched; `BayesianModule` then uses its ``fallback``.
+
+        Raises:
+            TypeError: If the posterior does not support the module or tensor.
+        """
+
+    def on_register(self, module: nn.Module, name: str) -> None:
+        """Hook run right after the posterior is registered on ``module.<name>``; does nothing by default."""
+
+    def on_remove(self, module: nn.Module, name: str) -> None:
+        """Hook run right after the posterior is removed from ``module.<name>``; does nothing by default."""
+
     def right_inverse(self, value: Tensor) -> tuple[()]:
         """Keep no copy of the original tensor; after registration, an assignment sets the mean."""
         if self._accepts_assignment:
