@@ -19,6 +19,7 @@ __all__ = ["predict"]
 
 _logger = logging.getLogger(__name__)
 _loop_only: weakref.WeakKeyDictionary[nn.Module, set[bool]] = weakref.WeakKeyDictionary()
+_vmap_works: weakref.WeakKeyDictionary[nn.Module, set[bool]] = weakref.WeakKeyDictionary()
 
 
 def predict(
@@ -40,10 +41,12 @@ def predict(
     model runs once on weights with an extra sample dimension, which is much faster than
     ``num_samples`` Python-level forwards for small and medium models. Models vmap cannot trace
     (in-place updates of buffers such as BatchNorm running statistics in training mode,
-    data-dependent control flow, some custom ops) fall back to a loop of forwards; the failure is
-    remembered for that model and mode, and logged at DEBUG level. Both paths give identically
+    data-dependent control flow, some custom ops) fall back to a loop of forwards: buffers changed
+    by the failed attempt are restored first, and the failure is remembered for that model and
+    mode (training or evaluation) and logged at DEBUG level. Both paths give identically
     distributed outputs. Frozen posteriors (`torchbayesian.bnn.frozen`) return their mean in
-    every draw. Gradients flow as usual; wrap the call in ``torch.no_grad()`` for inference.
+    every draw. Gradients flow as usual; wrap the call in ``torch.no_grad()`` for inference. The
+    posteriors' `last_sample` is left as it was before the call.
 
     Args:
         model (nn.Module): A `BayesianModule`, or any module holding posteriors.
@@ -83,9 +86,12 @@ def predict(
         strict = vectorize
     with _keep_last_samples(model):
         if vectorize:
+            known = model.training in _vmap_works.get(model, ())
+            buffers = {} if known else {name: b.clone() for name, b in model.named_buffers()}
             try:
-                return _vectorized(model, args, kwargs, num_samples, chunk_size)
+                output = _vectorized(model, args, kwargs, num_samples, chunk_size)
             except Exception as error:
+                _restore_buffers(model, buffers)
                 if strict:
                     raise ValueError(
                         f"predict: {type(model).__name__} cannot be vectorised with torch.func.vmap "
@@ -93,6 +99,9 @@ def predict(
                     ) from error
                 _loop_only.setdefault(model, set()).add(model.training)
                 _logger.debug("predict: vmap failed for %s, using a loop: %r", type(model).__name__, error)
+            else:
+                _vmap_works.setdefault(model, set()).add(model.training)
+                return output
         return _looped(model, args, kwargs, num_samples)
 
 
@@ -144,6 +153,15 @@ def _keep_last_samples(model: nn.Module) -> Iterator[None]:
     finally:
         for posterior, sample in saved:
             posterior._last_sample = sample
+
+
+def _restore_buffers(model: nn.Module, buffers: dict[str, Tensor]) -> None:
+    # A failed vmap may have updated some buffers in place (BatchNorm's num_batches_tracked) before failing.
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            saved = buffers.get(name)
+            if saved is not None and saved.shape == buffer.shape:
+                buffer.copy_(saved)
 
 
 def _device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
