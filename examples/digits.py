@@ -128,14 +128,14 @@ def plot(results: dict[str, dict], y_test: Tensor, out: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Bayesian vs deterministic MLP on scikit-learn digits (0-7 in, 8-9 OOD).")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs for each model (default 60, 8 with --quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs for each model (default 60, 6 with --quick)")
     parser.add_argument("--samples", type=int, default=None, help="Monte Carlo samples at test time (default 64, 16 with --quick)")
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (a few seconds)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="directory for the PNG files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this small model)")
     args = parser.parse_args()
-    epochs = args.epochs or (8 if args.quick else 60)
+    epochs = args.epochs or (6 if args.quick else 60)
     samples = args.samples or (16 if args.quick else 64)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

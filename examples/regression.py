@@ -37,18 +37,18 @@ def make_data(num_points: int, generator: torch.Generator) -> tuple[Tensor, Tens
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="1-D heteroscedastic regression with aleatoric and epistemic bands.")
-    parser.add_argument("--steps", type=int, default=None, help="full-batch training steps (default 1500, 300 with --quick)")
-    parser.add_argument("--points", type=int, default=2000, help="training points")
+    parser.add_argument("--steps", type=int, default=None, help="full-batch training steps (default 1500, 200 with --quick)")
+    parser.add_argument("--points", type=int, default=None, help="training points (default 2000, 500 with --quick)")
     parser.add_argument("--samples", type=int, default=64, help="Monte Carlo samples at prediction time")
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="directory for regression.png")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    steps = args.steps or (300 if args.quick else 1500)
+    steps = args.steps or (200 if args.quick else 1500)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
-    x, y = make_data(args.points, torch.Generator().manual_seed(args.seed))
+    x, y = make_data(args.points or (500 if args.quick else 2000), torch.Generator().manual_seed(args.seed))
     net = nn.Sequential(nn.Linear(1, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
     model = bnn.BayesianModule(net, sigma_init=1e-3)
     elbo = bnn.ELBOLoss(bnn.GaussianNLLLoss(log_variance=True), kl_weight=bnn.kl_weight(len(x)))
