@@ -19,6 +19,11 @@ from torch import nn
 from torchbayesian import bnn
 
 
+def _small_mlp() -> tuple[nn.Module, torch.Tensor]:
+    net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 8))
+    return net, torch.randn(64, 64)
+
+
 def _mlp() -> tuple[nn.Module, torch.Tensor]:
     net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
     return net, torch.randn(64, 64)
@@ -76,6 +81,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, 1 thread, medians of {args.rounds} interleaved rounds")
+    benchmark("mlp 64-128-128-8 (the digits example)", _small_mlp, args.samples, args.rounds)
     benchmark("mlp 64-256-256-10", _mlp, args.samples, args.rounds)
     benchmark("cnn 2 conv + linear, 28x28", _cnn, args.samples, args.rounds)
 
