@@ -54,7 +54,9 @@ def predict(
         num_samples (int): Number of Monte Carlo draws ``S``.
         vectorize (bool | None): ``None`` tries vmap and falls back to the loop; ``True`` uses vmap
             and raises if it fails; ``False`` always loops.
-        chunk_size (int | None): Draws computed per vmap call, to bound memory (``None``: all at once).
+        chunk_size (int | None): Draws computed per vmap call, to bound memory (``None``: all at
+            once). On CPU, convolutional models run faster with ``chunk_size=8``: a batch of
+            sampled kernels becomes a grouped convolution, which is slow there (see ``benchmarks/``).
         **kwargs: Keyword inputs of the model.
 
     Returns:
