@@ -21,19 +21,15 @@ import argparse
 import time
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from torch import Tensor, nn
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from torchbayesian import bnn  # noqa: E402
+from torchbayesian import bnn
 
 IN_DISTRIBUTION = 8  # digits 0..7; 8 and 9 are out of distribution
 

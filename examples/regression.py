@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from torchbayesian import bnn  # noqa: E402
+from torchbayesian import bnn
 
 
 def make_data(num_points: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

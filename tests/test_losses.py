@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -69,7 +70,7 @@ def test_minibatch_weights_sum_to_one_and_halve(num_batches):
     if num_batches <= 60:
         exact = [2.0 ** (num_batches - i) / (2.0**num_batches - 1) for i in range(1, num_batches + 1)]
         assert weights == pytest.approx(exact, rel=1e-12)
-    assert all(later == pytest.approx(earlier / 2) for earlier, later in zip(weights[:50], weights[1:51]))
+    assert all(later == pytest.approx(earlier / 2) for earlier, later in itertools.pairwise(weights[:51]))
 
 
 def test_minibatch_weight_rejects_bad_indices():
