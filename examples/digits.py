@@ -2,17 +2,18 @@
 
 Digits 0-7 are in distribution (split into train and test sets); digits 8 and 9 are never seen in
 training and serve as out-of-distribution (OOD) inputs. Both networks get the same architecture,
-optimiser and number of epochs. The script prints one line of metrics per model:
+optimiser and number of epochs. The script prints one line of metrics per model (default
+settings, seed 0, torch 2.13 on CPU):
 
-    bayesian accuracy=0.97 nll=0.10 ece=0.02 ood_auroc=0.85
-    deterministic accuracy=0.97 nll=0.12 ece=0.02 ood_auroc=0.80
+    bayesian accuracy=0.9917 nll=0.0320 ece=0.0183 ood_auroc=0.9435
+    deterministic accuracy=0.9917 nll=0.0249 ece=0.0098 ood_auroc=0.9622
 
 ``ood_auroc`` is the area under the ROC curve for telling OOD digits from in-distribution test
 digits by an uncertainty score: the mutual information (epistemic uncertainty) for the Bayesian
 network and the softmax entropy for the deterministic one. It also writes a reliability diagram
 and a histogram of uncertainties as PNG files.
 
-Run: ``python examples/digits.py`` (about a minute on 2 CPU cores; ``--quick`` for a smoke test).
+Run: ``python examples/digits.py`` (under a minute on 2 CPU cores; ``--quick`` for a smoke test).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def plot(results: dict[str, dict], y_test: Tensor, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4))
     for ax, (name, result) in zip(axes, results.items()):
-        bnn.reliability_diagram(result["probs"], y_test, num_bins=10, ax=ax, label=name)
+        bnn.reliability_diagram(result["probs"], y_test, ax=ax, label=name)
         ax.set_title(f"{name}: {ax.get_title()}")
     fig.tight_layout()
     reliability = out / "reliability_diagram.png"
