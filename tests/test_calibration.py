@@ -1,0 +1,129 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import brier_score_loss, log_loss
+
+from torchbayesian import bnn
+
+matplotlib.use("Agg")
+SETTINGS = settings(max_examples=20, deadline=None)
+
+
+def _data(seed: int, n: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(n, classes, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, classes, (n,), generator=generator)
+    return logits, targets
+
+
+def _ece_loop(probs: torch.Tensor, targets: torch.Tensor, num_bins: int) -> float:
+    total = 0.0
+    n = len(targets)
+    for b in range(num_bins):
+        lo, hi = b / num_bins, (b + 1) / num_bins
+        members = [
+            i for i in range(n)
+            if (lo < probs[i].max().item() <= hi) or (b == 0 and probs[i].max().item() == 0.0)
+        ]
+        if members:
+            confidence = sum(probs[i].max().item() for i in members) / len(members)
+            accuracy = sum(int(probs[i].argmax().item() == targets[i].item()) for i in members) / len(members)
+            total += len(members) / n * abs(accuracy - confidence)
+    return total
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 60), classes=st.integers(2, 5), num_bins=st.integers(1, 20))
+def test_ece_matches_a_loop(seed, n, classes, num_bins):
+    logits, targets = _data(seed, n, classes)
+    probs = logits.softmax(-1)
+    ece = bnn.expected_calibration_error(probs, targets, num_bins=num_bins)
+    assert 0.0 <= ece.item() <= 1.0
+    assert ece.item() == pytest.approx(_ece_loop(probs, targets, num_bins), abs=1e-12)
+    torch.testing.assert_close(bnn.expected_calibration_error(logits, targets, num_bins=num_bins, from_logits=True), ece)
+
+
+def test_ece_known_values():
+    targets = torch.tensor([0, 0, 0, 0])
+    assert bnn.expected_calibration_error(torch.tensor([[1.0, 0.0]] * 4), targets).item() == 0.0
+    probs = torch.tensor([[0.75, 0.25]] * 4)
+    assert bnn.expected_calibration_error(probs, torch.tensor([0, 0, 0, 1])).item() == pytest.approx(0.0)
+    assert bnn.expected_calibration_error(probs, torch.tensor([1, 1, 1, 1])).item() == pytest.approx(0.75)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 60), classes=st.integers(2, 5))
+def test_nll_matches_sklearn(seed, n, classes):
+    logits, targets = _data(seed, n, classes)
+    probs = logits.softmax(-1)
+    expected = log_loss(targets.numpy(), probs.numpy(), labels=list(range(classes)))
+    assert bnn.negative_log_likelihood(probs, targets).item() == pytest.approx(expected, rel=1e-9)
+    assert bnn.negative_log_likelihood(logits, targets, from_logits=True).item() == pytest.approx(expected, rel=1e-9)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 60), classes=st.integers(2, 5))
+def test_brier_matches_a_loop_and_sklearn_for_two_classes(seed, n, classes):
+    logits, targets = _data(seed, n, classes)
+    probs = logits.softmax(-1)
+    loop = sum(
+        sum((probs[i, c].item() - float(targets[i].item() == c)) ** 2 for c in range(classes)) for i in range(n)
+    ) / n
+    score = bnn.brier_score(probs, targets)
+    assert score.item() == pytest.approx(loop, rel=1e-9)
+    assert bnn.brier_score(logits, targets, from_logits=True).item() == pytest.approx(loop, rel=1e-9)
+    if classes == 2:
+        binary = brier_score_loss(targets.numpy(), probs[:, 1].numpy())
+        assert score.item() == pytest.approx(2 * binary, rel=1e-9)
+
+
+def test_reliability_curve_counts_every_prediction():
+    logits, targets = _data(0, 200, 4)
+    curve = bnn.reliability_curve(logits, targets, num_bins=10, from_logits=True)
+    assert curve.count.sum().item() == 200
+    assert curve.edges.shape == (11,)
+    filled = curve.count > 0
+    assert ((curve.confidence[filled] > curve.edges[:-1][filled]) & (curve.confidence[filled] <= curve.edges[1:][filled])).all()
+
+
+def test_metrics_accept_extra_batch_dimensions():
+    logits, targets = _data(1, 24, 3)
+    flat = bnn.brier_score(logits, targets, from_logits=True)
+    torch.testing.assert_close(bnn.brier_score(logits.view(4, 6, 3), targets.view(4, 6), from_logits=True), flat)
+
+
+def test_reliability_diagram_draws_bars(tmp_path):
+    import matplotlib.pyplot as plt
+
+    logits, targets = _data(2, 100, 3)
+    ax = bnn.reliability_diagram(logits, targets, num_bins=5, from_logits=True)
+    assert len(ax.patches) == 5
+    ece = bnn.expected_calibration_error(logits, targets, num_bins=5, from_logits=True).item()
+    assert ax.get_title() == f"ECE = {ece:.3f}"
+    ax.figure.savefig(tmp_path / "reliability.png")
+    assert (tmp_path / "reliability.png").stat().st_size > 0
+    plt.close(ax.figure)
+
+
+def test_bad_inputs_raise():
+    probs = torch.full((3, 2), 0.5)
+    with pytest.raises(ValueError, match="num_bins must be a positive integer"):
+        bnn.expected_calibration_error(probs, torch.zeros(3, dtype=torch.long), num_bins=0)
+    with pytest.raises(TypeError, match="targets must be an integer Tensor"):
+        bnn.brier_score(probs, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"probs shape: \(3, 2\)\ntargets shape: \(4,\)"):
+        bnn.negative_log_likelihood(probs, torch.zeros(4, dtype=torch.long))
+
+
+def test_matplotlib_is_not_imported_by_the_package():
+    code = "import sys, torchbayesian.bnn; print('matplotlib' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,179 @@
+"""Monte Carlo prediction: many weight samples in one call, vectorised with `torch.func.vmap` when possible."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import Tensor, nn
+
+from torchbayesian import _sampling
+from torchbayesian.registration import posteriors
+
+__all__ = ["predict"]
+
+_logger = logging.getLogger(__name__)
+_loop_only: weakref.WeakKeyDictionary[nn.Module, set[bool]] = weakref.WeakKeyDictionary()
+_vmap_works: weakref.WeakKeyDictionary[nn.Module, set[bool]] = weakref.WeakKeyDictionary()
+
+
+def predict(
+    model: nn.Module,
+    *args: Any,
+    num_samples: int,
+    vectorize: bool | None = None,
+    chunk_size: int | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run ``model(*args, **kwargs)`` with ``num_samples`` independent weight samples and stack the outputs.
+
+    Each draw samples every posterior afresh (tied tensors share one sample within a draw), so
+    the result holds ``num_samples`` draws from the predictive distribution. Tensors in the
+    output gain a leading dimension of size ``num_samples``; tuples, lists, dicts and HuggingFace
+    ``ModelOutput`` are stacked field by field (`torch.utils._pytree`).
+
+    By default the draws are **batched** with ``torch.func.vmap(..., randomness="different")``: the
+    model runs once on weights with an extra sample dimension, which is much faster than
+    ``num_samples`` Python-level forwards for small and medium models. Models vmap cannot trace
+    (in-place updates of buffers such as BatchNorm running statistics in training mode,
+    data-dependent control flow, some custom ops) fall back to a loop of forwards: buffers changed
+    by the failed attempt are restored first, and the failure is remembered for that model and
+    mode (training or evaluation) and logged at DEBUG level. Both paths give identically
+    distributed outputs. Frozen posteriors (`torchbayesian.bnn.frozen`) return their mean in
+    every draw. Gradients flow as usual; wrap the call in ``torch.no_grad()`` for inference. The
+    posteriors' `last_sample` is left as it was before the call.
+
+    Args:
+        model (nn.Module): A `BayesianModule`, or any module holding posteriors.
+        *args: Positional inputs of the model.
+        num_samples (int): Number of Monte Carlo draws ``S``.
+        vectorize (bool | None): ``None`` tries vmap and falls back to the loop; ``True`` uses vmap
+            and raises if it fails; ``False`` always loops.
+        chunk_size (int | None): Draws computed per vmap call, to bound memory (``None``: all at
+            once). On CPU, convolutional models run faster with ``chunk_size=8``: a batch of
+            sampled kernels becomes a grouped convolution, which is slow there (see ``benchmarks/``).
+        **kwargs: Keyword inputs of the model.
+
+    Returns:
+        The model's output with every tensor stacked to shape ``[num_samples, ...]``.
+
+    Raises:
+        ValueError: If ``num_samples`` or ``chunk_size`` is not a positive integer, or if
+            ``vectorize=True`` and the model cannot be vmapped.
+        TypeError: If ``model`` is not an ``nn.Module``.
+
+    Example:
+        >>> import torch
+        >>> from torchbayesian import bnn
+        >>> model = bnn.BayesianModule(torch.nn.Linear(4, 3))
+        >>> with torch.no_grad():
+        ...     logits = bnn.predict(model, torch.randn(10, 4), num_samples=16)
+        >>> logits.shape
+        torch.Size([16, 10, 3])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"predict: model must be an nn.Module, got {type(model).__name__}.")
+    _check_count(num_samples, "num_samples")
+    if chunk_size is not None:
+        _check_count(chunk_size, "chunk_size")
+    if vectorize is None:
+        vectorize = model.training not in _loop_only.get(model, ())
+        strict = False
+    else:
+        strict = vectorize
+    with _keep_last_samples(model):
+        if vectorize:
+            known = model.training in _vmap_works.get(model, ())
+            buffers = {} if known else {name: b.clone() for name, b in model.named_buffers()}
+            try:
+                output = _vectorized(model, args, kwargs, num_samples, chunk_size)
+            except Exception as error:
+                _restore_buffers(model, buffers)
+                if strict:
+                    raise ValueError(
+                        f"predict: {type(model).__name__} cannot be vectorised with torch.func.vmap "
+                        f"({type(error).__name__}: {error}); pass vectorize=None or False to loop instead."
+                    ) from error
+                _loop_only.setdefault(model, set()).add(model.training)
+                _logger.debug("predict: vmap failed for %s, using a loop: %r", type(model).__name__, error)
+            else:
+                _vmap_works.setdefault(model, set()).add(model.training)
+                return output
+        return _looped(model, args, kwargs, num_samples)
+
+
+def _vectorized(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], num_samples: int,
+                chunk_size: int | None) -> Any:
+    def one_draw(_: Tensor) -> Any:
+        with _fresh_samples():
+            return model(*args, **kwargs)
+
+    index = torch.arange(num_samples, device=_device(model, args, kwargs))
+    return torch.func.vmap(one_draw, randomness="different", chunk_size=chunk_size)(index)
+
+
+def _looped(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], num_samples: int) -> Any:
+    outputs = []
+    for _ in range(num_samples):
+        with _fresh_samples():
+            outputs.append(model(*args, **kwargs))
+    flat, specs = zip(*(pytree.tree_flatten(output) for output in outputs))
+    if any(spec != specs[0] for spec in specs):
+        raise ValueError(f"predict: {type(model).__name__} returned outputs of different structure across draws.")
+    stacked = [
+        torch.stack(leaves) if isinstance(leaves[0], Tensor) else leaves[0] for leaves in zip(*flat)
+    ]
+    return pytree.tree_unflatten(stacked, specs[0])
+
+
+@contextmanager
+def _fresh_samples() -> Iterator[None]:
+    # A draw must not reuse samples cached by an enclosing reuse_samples block, nor leak its own.
+    depth, cached = _sampling._depth, dict(_sampling._samples)
+    _sampling._depth = 0
+    _sampling._samples.clear()
+    try:
+        with _sampling.reuse_samples():
+            yield
+    finally:
+        _sampling._samples.clear()
+        _sampling._samples.update(cached)
+        _sampling._depth = depth
+
+
+@contextmanager
+def _keep_last_samples(model: nn.Module) -> Iterator[None]:
+    # Samples drawn under vmap are batched wrappers that must not outlive it.
+    saved = [(posterior, posterior._last_sample) for _, posterior in posteriors(model)]
+    try:
+        yield
+    finally:
+        for posterior, sample in saved:
+            posterior._last_sample = sample
+
+
+def _restore_buffers(model: nn.Module, buffers: dict[str, Tensor]) -> None:
+    # A failed vmap may have updated some buffers in place (BatchNorm's num_batches_tracked) before failing.
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            saved = buffers.get(name)
+            if saved is not None and saved.shape == buffer.shape:
+                buffer.copy_(saved)
+
+
+def _device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
+    for leaf in pytree.tree_leaves((args, kwargs)):
+        if isinstance(leaf, Tensor):
+            return leaf.device
+    tensor = next(model.parameters(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _check_count(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"predict: {name} must be a positive integer, got {value!r}.")
