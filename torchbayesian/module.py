@@ -188,7 +188,7 @@ def convert_(
         if not _selected(param, qualified_name, module_name, owner, include_patterns, exclude_patterns):
             continue
         built = build_posterior(posterior, param, qualified_name, dict(posterior_kwargs))
-        built.prior = resolve_prior(prior, param)
+        built.prior = resolve_prior(prior, param, qualified_name)
         planned.append(([(site[2], site[3]) for site in param_sites], built))
     for owner_sites, built in planned:
         for owner, tensor_name in owner_sites:

@@ -63,7 +63,7 @@ def register_posterior(
     """
     param = check_tensor(module, name)
     built = build_posterior(posterior, param, f"{type(module).__name__}.{name}", posterior_kwargs)
-    built.prior = resolve_prior(prior, param)
+    built.prior = resolve_prior(prior, param, f"{type(module).__name__}.{name}")
     attach(module, name, built)
     return built
 
@@ -139,6 +139,8 @@ def posteriors(module: nn.Module) -> Iterator[tuple[str, VariationalPosterior]]:
 
 def sites(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, VariationalPosterior]]:
     """Yield ``(qualified_name, owner, tensor_name, posterior)`` for every registration, tied ones included."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(module).__name__}.")
     for prefix, owner in module.named_modules(remove_duplicate=False):
         if not parametrize.is_parametrized(owner):
             continue
@@ -150,6 +152,8 @@ def sites(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, VariationalP
 
 def get_posterior(module: nn.Module, name: str) -> VariationalPosterior | None:
     """Return the posterior registered on ``module.<name>``, if any."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(module).__name__}.")
     if not parametrize.is_parametrized(module, name):
         return None
     for parametrization in module.parametrizations[name]:
@@ -208,13 +212,27 @@ def build_posterior(
     return built
 
 
-def resolve_prior(prior: Prior | None, param: Tensor) -> Prior:
-    """Return the prior for ``param`` on its device and dtype (a new standard Gaussian for ``None``)."""
+def resolve_prior(prior: Prior | None, param: Tensor, where: str = "tensor") -> Prior:
+    """Return the prior for ``param`` on its device and dtype (a new standard Gaussian for ``None``).
+
+    ``where`` names the tensor in error messages; the prior must broadcast to ``param``'s shape.
+    """
     if prior is None:
         prior = GaussianPrior()
     if not isinstance(prior, Prior):
         raise TypeError(f"prior must be a Prior instance or None, got {type(prior).__name__}.")
-    return prior.to(device=param.device, dtype=param.dtype)
+    prior = prior.to(device=param.device, dtype=param.dtype)
+    batch_shape = prior.distribution.batch_shape
+    try:
+        fits = torch.broadcast_shapes(batch_shape, param.shape) == param.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{where}: the prior {type(prior).__name__} does not broadcast to the tensor's shape.\n"
+            f"prior shape: {tuple(batch_shape)}\ntensor shape: {tuple(param.shape)}"
+        )
+    return prior
 
 
 def attach(module: nn.Module, name: str, posterior: VariationalPosterior) -> None:
