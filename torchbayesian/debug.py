@@ -116,8 +116,8 @@ def _gradient_hook(name: str, parameter_name: str) -> Any:
 
 
 def _diagnosis(posterior: VariationalPosterior) -> str:
-    broken = [name for name, tensor in posterior.named_parameters(recurse=False) if not _finite(tensor)]
-    broken += [f"prior.{name}" for name, tensor in posterior.named_buffers() if not _finite(tensor)]
+    tensors = [*posterior.named_parameters(), *posterior.named_buffers()]
+    broken = [name for name, tensor in tensors if not _finite(tensor)]
     return f"; non-finite parameters: {', '.join(broken)}" if broken else "; all its parameters are finite"
 
 
