@@ -190,7 +190,10 @@ def build_posterior(
 ) -> VariationalPosterior:
     """Build (or check) the posterior for ``param``; ``where`` names the tensor in error messages."""
     if isinstance(posterior, type) and issubclass(posterior, VariationalPosterior):
-        built = posterior.from_param(param, **posterior_kwargs)
+        try:
+            built = posterior.from_param(param, **posterior_kwargs)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}: {error}") from error
     elif isinstance(posterior, VariationalPosterior):
         if posterior_kwargs:
             raise TypeError(f"{where}: keyword arguments {sorted(posterior_kwargs)} need a posterior class, not an instance.")

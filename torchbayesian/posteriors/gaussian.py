@@ -89,15 +89,18 @@ class GaussianPosterior(VariationalPosterior):
         source = "rho_init" if sigma_init is None else f"sigma_init={sigma_init!r}"
         with torch.no_grad():
             if not torch.isfinite(self.mu).all():
-                raise ValueError(f"{type(self).__name__}: mu_init gave NaN or infinite means; the mean must be finite.")
-            if not torch.isfinite(self.rho).all():
                 raise ValueError(
-                    f"{type(self).__name__}: {source} gave a NaN or infinite rho in {self.rho.dtype}; "
-                    "use a finite, representable scale."
+                    f"{type(self).__name__}: the initial mean (mu_init, or the tensor's values) contains NaN or Inf; "
+                    "it must be finite."
                 )
-            if not (self.sigma > 0).all():
+            if not (torch.isfinite(self.rho).all() and torch.isfinite(self.sigma.square()).all()):
                 raise ValueError(
-                    f"{type(self).__name__}: {source} gives sigma = 0 in {self.rho.dtype} (softplus underflows), "
+                    f"{type(self).__name__}: {source} gives a NaN or infinite rho or sigma**2 in {self.rho.dtype}; "
+                    "use a smaller, finite scale."
+                )
+            if not (self.sigma.square() > 0).all():
+                raise ValueError(
+                    f"{type(self).__name__}: {source} gives sigma**2 = 0 in {self.rho.dtype} (underflow), "
                     "so the KL divergence would be infinite; use a larger initial scale."
                 )
 
