@@ -257,7 +257,14 @@ class _PicklableModel:
     """A copy of a converted model with its parametrizations detached, so that it can be pickled."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = copy.deepcopy(model)
+        # Recurrent layers cache the latest weight samples (non-leaf tensors that cannot be copied).
+        samples = {
+            id(tensor): None
+            for module in model.modules()
+            for tensor in getattr(module, "_flat_weights", ())
+            if isinstance(tensor, Tensor) and not tensor.is_leaf
+        }
+        self.model = copy.deepcopy(model, samples)
         self.sites: list[tuple[str, str, VariationalPosterior]] = []
         for qualified_name, _, tensor_name, posterior in list(sites(self.model)):
             module_name = qualified_name[: -len(tensor_name) - 1] if "." in qualified_name else ""
