@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 WORLD = 2
 N = 100  # training-set size used in the loss nll_mean + kl / N
 STEPS = 3
+TIMEOUT_S = 120
 
 
 def _model(seed: int) -> bnn.BayesianModule:
@@ -138,7 +140,13 @@ def _launch(worker: Any, out: Path) -> list[dict[str, Any]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.start_processes(worker, args=(port, str(out)), nprocs=WORLD, start_method="fork")
+    context = mp.start_processes(worker, args=(port, str(out)), nprocs=WORLD, join=False, start_method="fork")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{worker.__name__} did not finish within {TIMEOUT_S} s")
     prefix = worker.__name__.strip("_").split("_")[0]
     return [torch.load(out / f"{prefix}{rank}.pt", weights_only=True) for rank in range(WORLD)]
 

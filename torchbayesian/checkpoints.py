@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.registration import remove_posterior, sites
 
-__all__ = ["load_deterministic_state_dict", "to_deterministic", "IncompatibleKeys"]
+__all__ = ["IncompatibleKeys", "load_deterministic_state_dict", "to_deterministic"]
 
 _PREFIX = "module."
 
