@@ -153,11 +153,12 @@ def test_to_deterministic_returns_plain_model_with_means() -> None:
 
 def test_to_deterministic_leaves_model_intact_and_can_repeat() -> None:
     model = bnn.BayesianModule(Net())
+    x = torch.randn(3, 4)
+    model(x)  # a sample with a graph is kept on each posterior
     first = bnn.to_deterministic(model)
     second = bnn.to_deterministic(model)
     assert bnn.is_bayesian(model.module.fc1, "weight")
     assert len(list(model.posteriors())) == 4
-    x = torch.randn(3, 4)
     model(x).sum().backward()
     assert first.fc1.weight is not second.fc1.weight
     assert torch.equal(first.fc1.weight, second.fc1.weight)

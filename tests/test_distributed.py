@@ -118,6 +118,7 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
     results["sharded"] = all(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters())
     torch.manual_seed(7)
     output, kl = wrapped(x)
+    results["kl_root"] = kl.detach().clone()
     _loss(output, y, kl).backward()
     results["grads_root"] = {name: p.grad.full_tensor().clone() for name, p in model.named_parameters()}
 
@@ -128,7 +129,10 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
             fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     torch.manual_seed(7)
-    _loss(model(x), y, model.kl_divergence().full_tensor()).backward()
+    output = model(x)
+    kl = model.kl_divergence().full_tensor()
+    results["kl_layers"] = kl.detach().clone()
+    _loss(output, y, kl).backward()
     results["grads_layers"] = {name: p.grad.full_tensor().clone() for name, p in model.named_parameters()}
     torch.save(results, Path(out) / f"fsdp{rank}.pt")
     dist.destroy_process_group()
@@ -214,10 +218,13 @@ def test_ddp_has_no_unused_or_placeholder_parameter(ddp_results: list[dict[str, 
     assert not any("original" in name for name in names)
 
 
-def test_fsdp_gradient_equals_single_process(fsdp_results: list[dict[str, Any]]) -> None:
+def test_fsdp_kl_and_gradient_equal_single_process(fsdp_results: list[dict[str, Any]]) -> None:
     reference = _single_process_grads()
+    kl = _model(0).kl_divergence().detach()
     for result in fsdp_results:
         assert result["sharded"]
+        torch.testing.assert_close(result["kl_root"], kl)
+        torch.testing.assert_close(result["kl_layers"], kl)
         for key in ("grads_root", "grads_layers"):
             for name, grad in reference.items():
                 torch.testing.assert_close(result[key][name], grad, rtol=1e-5, atol=1e-6, msg=f"{key} {name}")
