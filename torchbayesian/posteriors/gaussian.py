@@ -45,8 +45,8 @@ class GaussianPosterior(VariationalPosterior):
         TypeError: If ``sigma_init`` is not a number, ``dtype`` is not floating point, ``shape`` is
             not a sequence of integers, or an init has the wrong type.
         ValueError: If ``sigma_init`` is not a finite positive number, ``shape`` has a negative
-            size, a tensor init has the wrong shape, or the initial ``mu``/``rho`` is NaN or
-            infinite or ``sigma`` underflows to zero in ``dtype``.
+            size, a tensor init has the wrong shape, the initial ``mu``/``rho`` is NaN or
+            infinite, or ``sigma**2`` overflows or underflows to zero in ``dtype``.
 
     Example:
         >>> import torch
