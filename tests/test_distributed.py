@@ -1,9 +1,11 @@
-"""DistributedDataParallel and FSDP on CPU: two gloo processes over loopback."""
+"""DistributedDataParallel and FSDP on CPU: two gloo processes over loopback (127.0.0.1)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,6 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 WORLD = 2
 N = 100  # training-set size used in the loss nll_mean + kl / N
 STEPS = 3
-TIMEOUT_S = 120
+TIMEOUT_S = 180
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(seed: int) -> bnn.BayesianModule:
@@ -139,18 +141,42 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
 
 
 def _launch(worker: Any, out: Path) -> list[dict[str, Any]]:
-    if "GLOO_SOCKET_IFNAME" not in os.environ and any(name == "lo" for _, name in socket.if_nameindex()):
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    # Fresh interpreters (not fork): forking a process that already ran torch code can deadlock.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    context = mp.start_processes(worker, args=(port, str(out)), nprocs=WORLD, join=False, start_method="fork")
+    env = dict(os.environ)
+    if "GLOO_SOCKET_IFNAME" not in env and any(name == "lo" for _, name in socket.if_nameindex()):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    code = (
+        "import importlib.util, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        f"spec = importlib.util.spec_from_file_location('_distributed_worker', {__file__!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        f"module.{worker.__name__}(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(rank), str(port), str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        for rank in range(WORLD)
+    ]
     deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
+    logs = []
+    try:
+        for process in processes:
+            logs.append(process.communicate(timeout=max(deadline - time.monotonic(), 1.0))[0])
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{worker.__name__} did not finish within {TIMEOUT_S} s")
+    finally:
+        for process in processes:
+            if process.poll() is None:
                 process.kill()
-            pytest.fail(f"{worker.__name__} did not finish within {TIMEOUT_S} s")
+                process.wait()
+    for rank, (process, log) in enumerate(zip(processes, logs, strict=True)):
+        assert process.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
     prefix = worker.__name__.strip("_").split("_")[0]
     return [torch.load(out / f"{prefix}{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
