@@ -53,11 +53,6 @@ class _WithKL(nn.Module):
         return self.model(x), self.model.kl_divergence()
 
 
-def _init(rank: int, port: int) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-
-
 def _gathered(tensor: torch.Tensor) -> list[torch.Tensor]:
     parts = [torch.empty_like(tensor) for _ in range(WORLD)]
     dist.all_gather(parts, tensor.detach().contiguous())
@@ -68,8 +63,7 @@ def _flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([parameter.detach().reshape(-1) for parameter in model.parameters()])
 
 
-def _ddp_worker(rank: int, port: int, out: str) -> None:
-    _init(rank, port)
+def _ddp_checks(rank: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
 
     # One step with the same noise on both ranks: the DDP gradient must equal the
@@ -100,15 +94,13 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     results["final"] = _gathered(_flat(model))
     results["samples"] = [_gathered(sample) for sample in samples]
     results["parameter_names"] = [name for name, _ in ddp.named_parameters()]
-    torch.save(results, Path(out) / f"ddp{rank}.pt")
-    dist.destroy_process_group()
+    return results
 
 
-def _fsdp_worker(rank: int, port: int, out: str) -> None:
+def _fsdp_checks(rank: int) -> dict[str, Any]:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    _init(rank, port)
     mesh = init_device_mesh("cpu", (WORLD,))
     results: dict[str, Any] = {}
     x, y = (part.chunk(WORLD)[rank] for part in _batch(0))
@@ -136,11 +128,20 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
     results["kl_layers"] = kl.detach().clone()
     _loss(output, y, kl).backward()
     results["grads_layers"] = {name: p.grad.full_tensor().clone() for name, p in model.named_parameters()}
-    torch.save(results, Path(out) / f"fsdp{rank}.pt")
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    results["stepped"] = {name: p.detach().full_tensor().clone() for name, p in model.named_parameters()}
+    return results
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    results = {"ddp": _ddp_checks(rank), "fsdp": _fsdp_checks(rank)}
+    torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def _launch(worker: Any, out: Path) -> list[dict[str, Any]]:
+def _launch(out: Path) -> list[dict[str, Any]]:
     # Fresh interpreters (not fork): forking a process that already ran torch code can deadlock.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -154,7 +155,7 @@ def _launch(worker: Any, out: Path) -> list[dict[str, Any]]:
         f"spec = importlib.util.spec_from_file_location('_distributed_worker', {__file__!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
-        f"module.{worker.__name__}(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])\n"
+        "module._worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])\n"
     )
     processes = [
         subprocess.Popen(
@@ -169,7 +170,7 @@ def _launch(worker: Any, out: Path) -> list[dict[str, Any]]:
         for process in processes:
             logs.append(process.communicate(timeout=max(deadline - time.monotonic(), 1.0))[0])
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{worker.__name__} did not finish within {TIMEOUT_S} s")
+        pytest.fail(f"the distributed workers did not finish within {TIMEOUT_S} s")
     finally:
         for process in processes:
             if process.poll() is None:
@@ -177,12 +178,11 @@ def _launch(worker: Any, out: Path) -> list[dict[str, Any]]:
                 process.wait()
     for rank, (process, log) in enumerate(zip(processes, logs, strict=True)):
         assert process.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
-    prefix = worker.__name__.strip("_").split("_")[0]
-    return [torch.load(out / f"{prefix}{rank}.pt", weights_only=True) for rank in range(WORLD)]
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 
-def _single_process_grads() -> dict[str, torch.Tensor]:
-    model = _model(0)
+def _single_process_grads(model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    model = _model(0) if model is None else model
     x, y = _batch(0)
     torch.manual_seed(7)
     _loss(model(x), y, model.kl_divergence()).backward()
@@ -190,13 +190,18 @@ def _single_process_grads() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return _launch(_ddp_worker, tmp_path_factory.mktemp("ddp"))
+def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return _launch(tmp_path_factory.mktemp("distributed"))
 
 
 @pytest.fixture(scope="module")
-def fsdp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return _launch(_fsdp_worker, tmp_path_factory.mktemp("fsdp"))
+def ddp_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [result["ddp"] for result in results]
+
+
+@pytest.fixture(scope="module")
+def fsdp_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [result["fsdp"] for result in results]
 
 
 def test_ddp_gradient_equals_single_process_on_combined_batch(ddp_results: list[dict[str, Any]]) -> None:
@@ -245,12 +250,16 @@ def test_ddp_has_no_unused_or_placeholder_parameter(ddp_results: list[dict[str, 
 
 
 def test_fsdp_kl_and_gradient_equal_single_process(fsdp_results: list[dict[str, Any]]) -> None:
-    reference = _single_process_grads()
-    kl = _model(0).kl_divergence().detach()
+    model = _model(0)
+    kl = model.kl_divergence().detach()
+    reference = _single_process_grads(model)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
     for result in fsdp_results:
         assert result["sharded"]
         torch.testing.assert_close(result["kl_root"], kl)
         torch.testing.assert_close(result["kl_layers"], kl)
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(result["stepped"][name], parameter.detach(), rtol=1e-5, atol=1e-6)
         for key in ("grads_root", "grads_layers"):
             for name, grad in reference.items():
                 torch.testing.assert_close(result[key][name], grad, rtol=1e-5, atol=1e-6, msg=f"{key} {name}")
