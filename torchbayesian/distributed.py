@@ -22,6 +22,11 @@ def seed_per_rank(seed: int) -> int:
     set), DDP's gradient averaging counts the KL once: its gradient is the same on every rank
     and the average of identical terms is that term.
 
+    With FSDP (``torch.distributed.fsdp.fully_shard``) the variational parameters are sharded
+    DTensors outside the forward pass: either compute the KL inside the forward of the
+    outermost FSDP unit (return it with the output), or call ``.full_tensor()`` on
+    ``model.kl_divergence()``. Both give the single-process gradient.
+
     Args:
         seed (int): The base seed shared by all ranks.
 
@@ -35,6 +40,16 @@ def seed_per_rank(seed: int) -> int:
         >>> from torchbayesian import bnn
         >>> bnn.seed_per_rank(0)  # rank 0, or no process group
         0
+
+        A DDP training step on every rank (``N`` is the size of the whole training set):
+
+        ```python
+        model = bnn.BayesianModule(net)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)  # find_unused_parameters=False is fine
+        bnn.seed_per_rank(seed)
+        loss = F.cross_entropy(ddp(x), y) + model.kl_divergence() / N
+        loss.backward()
+        ```
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed_per_rank: seed must be an int, got {type(seed).__name__}.")
