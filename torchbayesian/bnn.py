@@ -8,6 +8,9 @@ from torchbayesian.estimators import (
     LocalReparameterizationPosterior,
     register_estimator,
 )
+from torchbayesian.checkpoints import IncompatibleKeys, load_deterministic_state_dict, to_deterministic
+from torchbayesian.debug import detect_anomalies
+from torchbayesian.distributed import seed_per_rank
 from torchbayesian.kl import kl_divergence
 from torchbayesian.layers import (
     GRU,
@@ -93,6 +96,7 @@ __all__ = [
     "GaussianPosterior",
     "GaussianPrior",
     "GaussianUncertainty",
+    "IncompatibleKeys",
     "LSTM",
     "LaplacePrior",
     "LayerOp",
@@ -110,6 +114,7 @@ __all__ = [
     "bayesian",
     "brier_score",
     "cyclical_kl_annealing",
+    "detect_anomalies",
     "elbo_loss",
     "entropy",
     "epistemic_uncertainty",
@@ -120,6 +125,7 @@ __all__ = [
     "kl_divergence",
     "kl_weight",
     "linear_kl_warmup",
+    "load_deterministic_state_dict",
     "minibatch_kl_weight",
     "negative_log_likelihood",
     "posteriors",
@@ -130,6 +136,8 @@ __all__ = [
     "reliability_diagram",
     "remove_posterior",
     "reuse_samples",
+    "seed_per_rank",
     "to_bayesian",
+    "to_deterministic",
     "variation_ratio",
 ]

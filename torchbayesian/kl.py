@@ -40,11 +40,15 @@ def kl_divergence(module: nn.Module, *, num_samples: int | None = None) -> Tenso
         >>> bool(bnn.kl_divergence(model) >= 0)
         True
     """
+    from torchbayesian.debug import check_kl
     from torchbayesian.registration import posteriors
 
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"kl_divergence expects an nn.Module, got {type(module).__name__}.")
     total: Tensor | None = None
     for _, posterior in posteriors(module):
         term = posterior_kl(posterior, num_samples=num_samples)
+        check_kl(posterior, term)
         total = term if total is None else total + term
     if total is None:
         reference = next(module.parameters(), None)

@@ -149,6 +149,8 @@ def posteriors(module: nn.Module) -> Iterator[tuple[str, VariationalPosterior]]:
 
 def sites(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, VariationalPosterior]]:
     """Yield ``(qualified_name, owner, tensor_name, posterior)`` for every registration, tied ones included."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(module).__name__}.")
     for prefix, owner in module.named_modules(remove_duplicate=False):
         if not parametrize.is_parametrized(owner):
             continue
@@ -160,6 +162,8 @@ def sites(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, VariationalP
 
 def get_posterior(module: nn.Module, name: str) -> VariationalPosterior | None:
     """Return the posterior registered on ``module.<name>``, if any."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(module).__name__}.")
     if not parametrize.is_parametrized(module, name):
         return None
     for parametrization in module.parametrizations[name]:
@@ -196,7 +200,10 @@ def build_posterior(
 ) -> VariationalPosterior:
     """Build (or check) the posterior for ``param``; ``where`` names the tensor in error messages."""
     if isinstance(posterior, type) and issubclass(posterior, VariationalPosterior):
-        built = posterior.from_param(param, **posterior_kwargs)
+        try:
+            built = posterior.from_param(param, **posterior_kwargs)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}: {error}") from error
     elif isinstance(posterior, VariationalPosterior):
         if posterior_kwargs:
             raise TypeError(f"{where}: keyword arguments {sorted(posterior_kwargs)} need a posterior class, not an instance.")
@@ -243,7 +250,18 @@ def resolve_prior(prior: PriorSpec, param: Tensor, qualified_name: str = "", own
             f"{qualified_name or 'tensor'}: prior must be a Prior, a torch.distributions.Distribution, a mapping, "
             f"a callable (qualified_name, param) -> prior, or None; got {type(prior).__name__}."
         )
-    return prior.to(device=param.device, dtype=param.dtype)
+    prior = prior.to(device=param.device, dtype=param.dtype)
+    batch_shape = prior.distribution.batch_shape
+    try:
+        fits = torch.broadcast_shapes(batch_shape, param.shape) == param.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{qualified_name or 'tensor'}: the prior {type(prior).__name__} does not broadcast to the tensor's shape.\n"
+            f"prior shape: {tuple(batch_shape)}\ntensor shape: {tuple(param.shape)}"
+        )
+    return prior
 
 
 def _prior_key_matches(key: object, qualified_name: str, owner: nn.Module | None) -> bool:

@@ -48,7 +48,9 @@ class VariationalPosterior(nn.Module, ABC):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.shape = torch.Size(shape)
+        self.shape = _as_shape(shape, type(self).__name__)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"{type(self).__name__}: dtype must be a floating-point torch.dtype, got {dtype!r}.")
         self._factory_kwargs: dict[str, Any] = {"dtype": dtype, "device": device}
         self.frozen = False
         self._accepts_assignment = False
@@ -183,3 +185,13 @@ class VariationalPosterior(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.shape)}, frozen={self.frozen}"
+
+
+def _as_shape(shape: torch.Size | tuple[int, ...], owner: str) -> torch.Size:
+    if isinstance(shape, Tensor) or not isinstance(shape, (tuple, list, torch.Size)):
+        raise TypeError(f"{owner}: shape must be a tuple of ints, got {type(shape).__name__}.")
+    if not all(isinstance(size, int) and not isinstance(size, bool) for size in shape):
+        raise TypeError(f"{owner}: shape must be a tuple of ints, got {tuple(shape)!r}.")
+    if any(size < 0 for size in shape):
+        raise ValueError(f"{owner}: shape must not have negative sizes, got {tuple(shape)}.")
+    return torch.Size(shape)

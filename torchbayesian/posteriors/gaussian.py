@@ -42,7 +42,11 @@ class GaussianPosterior(VariationalPosterior):
         rho (nn.Parameter): Unconstrained scale; ``sigma = softplus(rho)``.
 
     Raises:
-        ValueError: If ``sigma_init`` is not a finite positive number or a tensor has the wrong shape.
+        TypeError: If ``sigma_init`` is not a number, ``dtype`` is not floating point, ``shape`` is
+            not a sequence of integers, or an init has the wrong type.
+        ValueError: If ``sigma_init`` is not a finite positive number, ``shape`` has a negative
+            size, a tensor init has the wrong shape, the initial ``mu``/``rho`` is NaN or
+            infinite, or ``sigma**2`` overflows or underflows to zero in ``dtype``.
 
     Example:
         >>> import torch
@@ -63,7 +67,9 @@ class GaussianPosterior(VariationalPosterior):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(shape, dtype=dtype, device=device)
-        if not (isinstance(sigma_init, (int, float)) and math.isfinite(sigma_init) and sigma_init > 0):
+        if isinstance(sigma_init, bool) or not isinstance(sigma_init, (int, float)):
+            raise TypeError(f"{type(self).__name__}: sigma_init must be a float, got {type(sigma_init).__name__}.")
+        if not (math.isfinite(sigma_init) and sigma_init > 0):
             raise ValueError(
                 f"{type(self).__name__}: sigma_init must be a finite positive number, got {sigma_init!r}."
             )
@@ -75,6 +81,28 @@ class GaussianPosterior(VariationalPosterior):
                 self.rho.copy_(softplus_inverse(torch.tensor(float(sigma_init), dtype=torch.float64)))
             else:
                 _initialise(self.rho, rho_init, "rho_init")
+        self._check_initialised(sigma_init if rho_init is None else None)
+
+    def _check_initialised(self, sigma_init: float | None) -> None:
+        if self.mu.device.type == "meta":
+            return
+        source = "rho_init" if sigma_init is None else f"sigma_init={sigma_init!r}"
+        with torch.no_grad():
+            if not torch.isfinite(self.mu).all():
+                raise ValueError(
+                    f"{type(self).__name__}: the initial mean (mu_init, or the tensor's values) contains NaN or Inf; "
+                    "it must be finite."
+                )
+            if not (torch.isfinite(self.rho).all() and torch.isfinite(self.sigma.square()).all()):
+                raise ValueError(
+                    f"{type(self).__name__}: {source} gives a NaN or infinite rho or sigma**2 in {self.rho.dtype}; "
+                    "use a smaller, finite scale."
+                )
+            if not (self.sigma.square() > 0).all():
+                raise ValueError(
+                    f"{type(self).__name__}: {source} gives sigma**2 = 0 in {self.rho.dtype} (underflow), "
+                    "so the KL divergence would be infinite; use a larger initial scale."
+                )
 
     @classmethod
     def from_param(cls, param: Tensor, **kwargs: Any) -> GaussianPosterior:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.distributions import Normal
 
@@ -19,7 +20,8 @@ class GaussianPrior(Prior):
 
     Raises:
         TypeError: If an argument is not a float or a floating-point tensor.
-        ValueError: If an argument is not finite or ``scale`` is not positive.
+        ValueError: If an argument is not finite, ``scale`` is not positive, or the shapes of
+            ``loc`` and ``scale`` do not broadcast.
 
     Example:
         >>> from torchbayesian import bnn
@@ -34,6 +36,13 @@ class GaussianPrior(Prior):
         super().__init__()
         self.register_buffer("loc", as_buffer(loc, "loc", "GaussianPrior"))
         self.register_buffer("scale", as_buffer(scale, "scale", "GaussianPrior", positive=True))
+        try:
+            torch.broadcast_shapes(self.loc.shape, self.scale.shape)
+        except RuntimeError:
+            raise ValueError(
+                "GaussianPrior: loc and scale must broadcast together.\n"
+                f"loc shape: {tuple(self.loc.shape)}\nscale shape: {tuple(self.scale.shape)}"
+            ) from None
 
     @property
     def distribution(self) -> Normal:
