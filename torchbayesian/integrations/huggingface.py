@@ -181,11 +181,11 @@ class BayesianTrainer(Trainer):
                 "BayesianTrainer: compute_loss_func is not supported; the data term is the loss the model "
                 "returns when given labels (override compute_loss for another likelihood)."
             )
-        super().__init__(model, args, *trainer_args, **trainer_kwargs)
-        if self.label_smoother is not None:
+        if args is not None and args.label_smoothing_factor != 0:
             raise ValueError(
                 "BayesianTrainer: label_smoothing_factor must be 0; the data term is the model's own loss."
             )
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
         wrapped = model.module
         self.model_accepts_loss_kwargs = False
         if self.args.label_names is None:
