@@ -9,15 +9,20 @@ from typing import Any
 from torchbayesian._sampling import reuse_samples
 from torchbayesian.kl import kl_divergence
 from torchbayesian.module import BayesianModule, frozen
-from torchbayesian.posteriors import GaussianPosterior, VariationalPosterior
-from torchbayesian.priors import GaussianPrior, Prior
+from torchbayesian.moped import to_bayesian
+from torchbayesian.posteriors import GaussianPosterior, ScaleMixturePosterior, VariationalPosterior
+from torchbayesian.priors import DistributionPrior, GaussianPrior, LaplacePrior, Prior, ScaleMixturePrior
 from torchbayesian.registration import is_bayesian, posteriors, register_posterior, remove_posterior
 
 __all__ = [
     "BayesianModule",
+    "DistributionPrior",
     "GaussianPosterior",
     "GaussianPrior",
+    "LaplacePrior",
     "Prior",
+    "ScaleMixturePosterior",
+    "ScaleMixturePrior",
     "VariationalPosterior",
     "frozen",
     "is_bayesian",
@@ -26,6 +31,7 @@ __all__ = [
     "register_posterior",
     "remove_posterior",
     "reuse_samples",
+    "to_bayesian",
 ]
 
 _HUGGINGFACE = ("BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy")

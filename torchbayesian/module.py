@@ -17,9 +17,9 @@ from torchbayesian import _sampling
 from torchbayesian.kl import kl_divergence
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.posteriors.gaussian import GaussianPosterior
-from torchbayesian.priors.base import Prior
 from torchbayesian.registration import (
     PosteriorSpec,
+    PriorSpec,
     attach,
     build_posterior,
     get_posterior,
@@ -69,7 +69,12 @@ class BayesianModule(nn.Module):
     Args:
         module (nn.Module): The model to convert.
         posterior (type[VariationalPosterior]): Posterior class built for each parameter.
-        prior (Prior | None): Prior shared by all posteriors; a standard Gaussian per tensor by default.
+        prior (Prior | Distribution | Mapping | Callable | None): Prior of each posterior: a `Prior`
+            shared by all of them; any ``torch.distributions.Distribution`` (broadcast to each
+            tensor's shape); a mapping ``{glob or module type: prior}`` matched against each
+            parameter's qualified name or owning module (first match wins, standard Gaussian when
+            none does); or a callable ``(qualified_name, param) -> prior``. A standard Gaussian per
+            tensor by default.
         include (type | str | Sequence | None): Convert only parameters matching one of these.
         exclude (type | str | Sequence | None): Never convert parameters matching one of these.
         **posterior_kwargs: Passed to ``posterior.from_param`` (e.g. ``sigma_init=1e-3``).
@@ -95,7 +100,7 @@ class BayesianModule(nn.Module):
         self,
         module: nn.Module,
         posterior: PosteriorSpec = GaussianPosterior,
-        prior: Prior | None = None,
+        prior: PriorSpec = None,
         *,
         include: Filters = None,
         exclude: Filters = None,
@@ -173,7 +178,7 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
 def convert_(
     model: nn.Module,
     posterior: PosteriorSpec,
-    prior: Prior | None,
+    prior: PriorSpec,
     *,
     include: Filters,
     exclude: Filters,
@@ -188,7 +193,7 @@ def convert_(
         if not _selected(param, qualified_name, module_name, owner, include_patterns, exclude_patterns):
             continue
         built = build_posterior(posterior, param, qualified_name, dict(posterior_kwargs))
-        built.prior = resolve_prior(prior, param)
+        built.prior = resolve_prior(prior, param, qualified_name, owner)
         planned.append(([(site[2], site[3]) for site in param_sites], built))
     for owner_sites, built in planned:
         for owner, tensor_name in owner_sites:

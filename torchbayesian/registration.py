@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+from fnmatch import fnmatchcase
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 from torch.nn.utils import parametrize
 
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.priors.base import Prior
+from torchbayesian.priors.distribution import DistributionPrior
 from torchbayesian.priors.gaussian import GaussianPrior
 
 __all__ = ["register_posterior", "remove_posterior", "is_bayesian", "posteriors"]
 
 PosteriorSpec = type[VariationalPosterior] | VariationalPosterior
+PriorSpec = Union[
+    Prior, Distribution, Mapping[Union[str, type[nn.Module]], "PriorSpec"], Callable[[str, Tensor], "PriorSpec"], None
+]
 
 
 def register_posterior(
@@ -24,7 +30,7 @@ def register_posterior(
     name: str,
     posterior: PosteriorSpec = GaussianPosterior,
     *,
-    prior: Prior | None = None,
+    prior: PriorSpec = None,
     **posterior_kwargs: Any,
 ) -> VariationalPosterior:
     """Make the tensor ``module.<name>`` Bayesian by registering a posterior on it.
@@ -41,7 +47,8 @@ def register_posterior(
         name (str): Name of a floating-point, trainable parameter of ``module``.
         posterior (type[VariationalPosterior] | VariationalPosterior): Posterior class, or an
             instance of the tensor's shape.
-        prior (Prior | None): Prior for the KL divergence; ``GaussianPrior(0, 1)`` by default.
+        prior (Prior | Distribution | Mapping | Callable | None): Prior for the KL divergence;
+            ``GaussianPrior(0, 1)`` by default. See `BayesianModule` for the accepted forms.
         **posterior_kwargs: Passed to ``posterior.from_param``.
 
     Returns:
@@ -63,7 +70,7 @@ def register_posterior(
     """
     param = check_tensor(module, name)
     built = build_posterior(posterior, param, f"{type(module).__name__}.{name}", posterior_kwargs)
-    built.prior = resolve_prior(prior, param)
+    built.prior = resolve_prior(prior, param, name, module)
     attach(module, name, built)
     return built
 
@@ -208,13 +215,40 @@ def build_posterior(
     return built
 
 
-def resolve_prior(prior: Prior | None, param: Tensor) -> Prior:
-    """Return the prior for ``param`` on its device and dtype (a new standard Gaussian for ``None``)."""
+def resolve_prior(prior: PriorSpec, param: Tensor, qualified_name: str = "", owner: nn.Module | None = None) -> Prior:
+    """Return the prior for ``param`` on its device and dtype.
+
+    ``prior`` may be ``None`` (a new standard Gaussian), a `Prior`, a
+    `torch.distributions.Distribution` (wrapped in a `DistributionPrior` of the tensor's shape), a
+    mapping from a glob on ``qualified_name`` or a module type (matched against ``owner``) to any
+    of these (the first matching entry wins; a standard Gaussian when none matches), or a callable
+    ``(qualified_name, param) -> prior``.
+    """
+    if isinstance(prior, Mapping):
+        for key, value in prior.items():
+            if _prior_key_matches(key, qualified_name, owner):
+                return resolve_prior(value, param, qualified_name, owner)
+        return resolve_prior(None, param, qualified_name, owner)
     if prior is None:
         prior = GaussianPrior()
+    elif isinstance(prior, Distribution):
+        prior = DistributionPrior(prior, param.shape)
+    elif not isinstance(prior, nn.Module) and callable(prior):
+        return resolve_prior(prior(qualified_name, param), param, qualified_name, owner)
     if not isinstance(prior, Prior):
-        raise TypeError(f"prior must be a Prior instance or None, got {type(prior).__name__}.")
+        raise TypeError(
+            f"{qualified_name or 'tensor'}: prior must be a Prior, a torch.distributions.Distribution, a mapping, "
+            f"a callable (qualified_name, param) -> prior, or None; got {type(prior).__name__}."
+        )
     return prior.to(device=param.device, dtype=param.dtype)
+
+
+def _prior_key_matches(key: object, qualified_name: str, owner: nn.Module | None) -> bool:
+    if isinstance(key, str):
+        return fnmatchcase(qualified_name, key)
+    if isinstance(key, type) and issubclass(key, nn.Module):
+        return owner is not None and isinstance(owner, key)
+    raise TypeError(f"prior mapping keys must be glob strings or nn.Module subclasses, got {key!r}.")
 
 
 def attach(module: nn.Module, name: str, posterior: VariationalPosterior) -> None:

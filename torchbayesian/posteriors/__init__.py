@@ -2,5 +2,6 @@
 
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.posteriors.gaussian import GaussianPosterior
+from torchbayesian.posteriors.scale_mixture import ScaleMixturePosterior
 
-__all__ = ["VariationalPosterior", "GaussianPosterior"]
+__all__ = ["VariationalPosterior", "GaussianPosterior", "ScaleMixturePosterior"]

@@ -114,7 +114,7 @@ class GaussianPosterior(VariationalPosterior):
         self.mu.copy_(value)
 
 
-def _initialise(tensor: Tensor, init: Init, name: str) -> None:
+def _initialise(tensor: Tensor, init: Init, name: str, owner: str = "GaussianPosterior") -> None:
     if callable(init):
         result = init(tensor)
         if isinstance(result, Tensor) and result is not tensor:
@@ -122,7 +122,7 @@ def _initialise(tensor: Tensor, init: Init, name: str) -> None:
     elif isinstance(init, Tensor):
         if init.shape != tensor.shape and init.dim() != 0:
             raise ValueError(
-                f"GaussianPosterior: {name} has shape {tuple(init.shape)}, expected {tuple(tensor.shape)} "
+                f"{owner}: {name} has shape {tuple(init.shape)}, expected {tuple(tensor.shape)} "
                 "or a scalar."
             )
         tensor.copy_(init)
@@ -130,5 +130,5 @@ def _initialise(tensor: Tensor, init: Init, name: str) -> None:
         tensor.fill_(float(init))
     else:
         raise TypeError(
-            f"GaussianPosterior: {name} must be a float, a Tensor or a callable, got {type(init).__name__}."
+            f"{owner}: {name} must be a float, a Tensor or a callable, got {type(init).__name__}."
         )
