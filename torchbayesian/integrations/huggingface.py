@@ -112,6 +112,13 @@ class BayesianTrainer(Trainer):
     without the KL, and returns the outputs of the last sample; freeze the model
     (`BayesianModule.freeze`) for deterministic predictions at the posterior mean.
 
+    Note:
+        ``TrainingArguments.max_grad_norm`` (1.0 by default) clips the norm of **all** gradients
+        together. The KL gradient of millions of posterior scales can dominate that norm, so that
+        clipping shrinks the data gradient of the means to almost nothing and the model stops
+        learning; pass ``max_grad_norm=0`` (Adam already adapts its steps to each parameter's
+        scale) or a much larger threshold.
+
     Everything else is the ordinary `Trainer`: the model's forward signature, label names and
     ``remove_unused_columns`` are read from the wrapped model. Checkpoints are a safetensors
     ``model.safetensors`` of the wrapper's ``state_dict`` with each tied tensor stored under every
