@@ -143,7 +143,7 @@ class BayesianTrainer(Trainer):
 
     Example:
         >>> import tempfile, torch
-        >>> from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+        >>> from transformers import BertConfig, BertForSequenceClassification, PrinterCallback, TrainingArguments
         >>> from torchbayesian import bnn
         >>> config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         ...                     intermediate_size=16)
@@ -151,8 +151,9 @@ class BayesianTrainer(Trainer):
         >>> model = bnn.BayesianModule(hf_model, **bnn.transformer_policy(hf_model))
         >>> data = [{"input_ids": torch.randint(0, 50, (6,)), "labels": torch.tensor(i % 2)} for i in range(8)]
         >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=4,
-        ...                          report_to=[], use_cpu=True, save_strategy="no")
+        ...                          report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
         >>> trainer = bnn.BayesianTrainer(model, args, train_dataset=data, num_mc_samples=2)
+        >>> trainer.remove_callback(PrinterCallback)  # keep this example quiet
         >>> trainer.train().global_step
         2
     """
@@ -271,6 +272,7 @@ def save_bayesian(model: nn.Module, save_directory: str | os.PathLike[str]) -> s
         >>> fresh = bnn.BayesianModule(AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(directory)))
         >>> bnn.load_bayesian(fresh, directory)
         >>> ids = torch.randint(0, 50, (1, 5))
+        >>> _ = model.eval(), fresh.eval()  # no dropout
         >>> with bnn.frozen(model), bnn.frozen(fresh):
         ...     torch.equal(model(input_ids=ids).logits, fresh(input_ids=ids).logits)
         True
