@@ -27,12 +27,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification, TrainingArguments  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+import torch
+from torch import Tensor
+from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+from transformers.utils import logging as hf_logging
 
-from torchbayesian import bnn  # noqa: E402
+from torchbayesian import bnn
 
 SUBJECTS = ["the movie", "this film", "the plot", "the acting", "the ending", "the soundtrack", "the story",
             "the cast", "the script", "the director's work", "this sequel", "the dialogue"]
@@ -55,8 +55,8 @@ def generated_sentiment(count: int, rng: random.Random) -> list[tuple[str, int]]
         negated = rng.random() < 0.3
         adjective = rng.choice(POSITIVE if label != negated else NEGATIVE)
         verb = rng.choice(["was", "is", "felt", "seemed"])
-        rows.append((f"{rng.choice(SUBJECTS)} {verb} {'not ' if negated else ''}"
-                     f"{rng.choice(INTENSIFIERS)}{adjective}", label))
+        sentence = f"{rng.choice(SUBJECTS)} {verb} {'not ' if negated else ''}{rng.choice(INTENSIFIERS)}{adjective}"
+        rows.append((sentence, label))
     return rows
 
 
@@ -69,7 +69,7 @@ def load_sst2(train_size: int, test_size: int, rng: random.Random) -> tuple[list
         train = [(row["sentence"], row["label"]) for row in glue["train"].shuffle(seed=0).select(range(train_size))]
         test = [(row["sentence"], row["label"]) for row in glue["validation"].select(range(test_size))]
         return train, test, "GLUE SST-2 (local cache)"
-    except Exception as error:  # datasets missing, data not cached, or offline
+    except (ImportError, OSError, ConnectionError, ValueError) as error:  # not installed, not cached, offline
         print(f"GLUE SST-2 is not available locally ({type(error).__name__}); using generated sentences.")
         return generated_sentiment(train_size, rng), generated_sentiment(test_size, rng), "generated sentences"
 

@@ -11,7 +11,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from transformers import (  # noqa: E402
+from transformers import (
     BartConfig,
     BartForConditionalGeneration,
     BertConfig,
@@ -25,9 +25,9 @@ from transformers import (  # noqa: E402
     T5ForConditionalGeneration,
     TrainingArguments,
 )
-from transformers.pytorch_utils import Conv1D  # noqa: E402
+from transformers.pytorch_utils import Conv1D
 
-from torchbayesian import bnn  # noqa: E402
+from torchbayesian import bnn
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 VOCAB = 100
@@ -335,9 +335,9 @@ def test_bnn_works_without_transformers_and_loads_the_integration_lazily(monkeyp
     assert isinstance(fresh.BayesianModule(nn.Linear(2, 2)), nn.Module)
     assert {"BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy"} <= set(dir(fresh))
     with pytest.raises(ImportError, match="blocked"):
-        fresh.transformer_policy
+        _ = fresh.transformer_policy
     with pytest.raises(AttributeError, match="has no attribute 'BayesianTrainers'"):
-        fresh.BayesianTrainers
+        _ = fresh.BayesianTrainers
 
 
 @pytest.fixture(scope="module")

@@ -338,7 +338,7 @@ def _storage(tensor: Tensor) -> tuple[int, int]:
 
 def _loss_of(outputs: Any, model_name: str) -> Tensor:
     loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs[0]
-    if not isinstance(loss, Tensor):
+    if loss is None:
         raise ValueError(
             f"BayesianTrainer: {model_name} returned no loss; its inputs must include the labels "
             "(check the dataset columns and TrainingArguments.label_names)."
