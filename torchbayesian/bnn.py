@@ -1,4 +1,10 @@
-"""The public API: ``from torchbayesian import bnn``."""
+"""The public API: ``from torchbayesian import bnn``.
+
+`BayesianTrainer`, `load_bayesian`, `save_bayesian` and `transformer_policy` need transformers and are
+imported on first access; they are left out of ``__all__`` so that ``import *`` does not need it.
+"""
+
+from typing import Any
 
 from torchbayesian._sampling import reuse_samples
 from torchbayesian.decorator import bayesian
@@ -141,3 +147,18 @@ __all__ = [
     "to_deterministic",
     "variation_ratio",
 ]
+
+_HUGGINGFACE = ("BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy")
+
+
+def __getattr__(name: str) -> Any:
+    # The transformers integration is imported on first use, so that the core does not need transformers.
+    if name in _HUGGINGFACE:
+        from torchbayesian.integrations import huggingface
+
+        return getattr(huggingface, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HUGGINGFACE])
