@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.distributions import kl_divergence as _distribution_kl
 
-if TYPE_CHECKING:
-    from torchbayesian.posteriors.base import VariationalPosterior
+from torchbayesian.posteriors.base import VariationalPosterior
+from torchbayesian.posteriors.gaussian import GaussianPosterior
+from torchbayesian.priors.base import Prior
+from torchbayesian.priors.gaussian import GaussianPrior
 
 __all__ = ["kl_divergence"]
 
+_SummedKL = Callable[[VariationalPosterior, Prior], Tensor]
+
 _has_closed_form: dict[tuple[type[Distribution], type[Distribution]], bool] = {}
+_summed_kl: dict[tuple[type[VariationalPosterior], type[Prior]], _SummedKL] = {}
+_summed_kl_lookup: dict[tuple[type[VariationalPosterior], type[Prior]], _SummedKL | None] = {}
 
 
 def kl_divergence(module: nn.Module, *, num_samples: int | None = None) -> Tensor:
@@ -64,6 +71,9 @@ def posterior_kl(posterior: VariationalPosterior, *, num_samples: int | None = N
     if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
                                     or num_samples < 1):
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    summed = _find_summed_kl(type(posterior), type(prior))
+    if summed is not None:
+        return summed(posterior, prior)
     q = posterior.distribution
     p = prior.distribution
     key = (type(q), type(p))
@@ -88,3 +98,55 @@ def _monte_carlo_kl(
         return q.log_prob(sample).sum() - p.log_prob(sample).sum()
     samples = torch.stack([posterior.sample_parameters() for _ in range(num_samples)])
     return (q.log_prob(samples).sum() - p.log_prob(samples).sum()) / num_samples
+
+
+def _register_summed_kl(
+    posterior_type: type[VariationalPosterior], prior_type: type[Prior]
+) -> Callable[[_SummedKL], _SummedKL]:
+    """Register a function returning the summed closed-form KL for a (posterior, prior) pair.
+
+    It applies to subclasses too, as long as they keep the pair's `distribution` properties (the KL
+    depends only on the distributions); otherwise `torch.distributions.kl_divergence` is used.
+    """
+
+    def decorator(function: _SummedKL) -> _SummedKL:
+        _summed_kl[posterior_type, prior_type] = function
+        _summed_kl_lookup.clear()
+        return function
+
+    return decorator
+
+
+def _find_summed_kl(posterior_type: type[VariationalPosterior], prior_type: type[Prior]) -> _SummedKL | None:
+    key = (posterior_type, prior_type)
+    if key not in _summed_kl_lookup:
+        _summed_kl_lookup[key] = next(
+            (
+                function
+                for (q, p), function in _summed_kl.items()
+                if issubclass(posterior_type, q)
+                and issubclass(prior_type, p)
+                and posterior_type.distribution is q.distribution
+                and prior_type.distribution is p.distribution
+            ),
+            None,
+        )
+    return _summed_kl_lookup[key]
+
+
+@_register_summed_kl(GaussianPosterior, GaussianPrior)
+def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
+    """Return the summed ``KL(N(mu, sigma^2) || N(loc, scale^2))`` in a few fused reductions.
+
+    Element-wise the KL is ``log(scale / sigma) + (sigma^2 + (mu - loc)^2) / (2 scale^2) - 1/2``.
+    With a scalar prior its sum needs only ``sum(log sigma)``, ``||sigma||^2`` and ``||mu - loc||^2``,
+    so no full-size temporary is built for the prior.
+    """
+    mu, sigma, loc, scale = posterior.mu, posterior.sigma, prior.loc, prior.scale
+    if loc.numel() == 1 and scale.numel() == 1 and loc.dim() <= mu.dim() and scale.dim() <= mu.dim():
+        loc, scale = loc.reshape(()), scale.reshape(())
+        squares = torch.linalg.vector_norm(sigma).square() + F.mse_loss(mu, loc.expand_as(mu), reduction="sum")
+        return squares / (2 * scale.square()) - torch.log(sigma).sum() + mu.numel() * (torch.log(scale) - 0.5)
+    variance = scale.square()
+    terms = (sigma.square() + (mu - loc).square()) / (2 * variance) - torch.log(sigma) + (torch.log(scale) - 0.5)
+    return terms.sum()
