@@ -141,13 +141,14 @@ def _time(config: str, optimizer_name: str, args: argparse.Namespace) -> dict[st
     for _ in range(args.warmup):
         for step in steps.values():
             step()
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.steps):
         for variant, step in steps.items():
             gc.collect()
-            start = time.perf_counter()
+            start = clock()
             step()
-            times[variant].append(time.perf_counter() - start)
+            times[variant].append(clock() - start)
     return {v: statistics.median(t) for v, t in times.items()}
 
 
@@ -215,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu: the thread's CPU time (robust to other processes on a shared machine; "
+                        "use with --threads 1), wall: elapsed time")
     parser.add_argument("--compile", action="store_true", help="torch.compile (inductor) the forward + loss + KL")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS, one subprocess per variant")
     parser.add_argument("--probe", nargs=3, metavar=("MODEL", "VARIANT", "OPTIMIZER"), help=argparse.SUPPRESS)
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             print(_table(rows[-1:], _variants(config)), flush=True)
     print()
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} timed steps after {args.warmup} "
-          f"warm-up steps, median step time{', torch.compile (inductor)' if args.compile else ''}")
+          f"warm-up steps, median {args.clock} time per step{', torch.compile (inductor)' if args.compile else ''}")
     print(_table(rows, variants))
 
 

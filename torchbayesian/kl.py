@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -136,17 +137,55 @@ def _find_summed_kl(posterior_type: type[VariationalPosterior], prior_type: type
 
 @_register_summed_kl(GaussianPosterior, GaussianPrior)
 def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
-    """Return the summed ``KL(N(mu, sigma^2) || N(loc, scale^2))`` in a few fused reductions.
+    """Return the summed ``KL(N(mu, sigma^2) || N(loc, scale^2))`` without building distributions.
 
     Element-wise the KL is ``log(scale / sigma) + (sigma^2 + (mu - loc)^2) / (2 scale^2) - 1/2``.
-    With a scalar prior its sum needs only ``sum(log sigma)``, ``||sigma||^2`` and ``||mu - loc||^2``,
-    so no full-size temporary is built for the prior.
     """
     mu, sigma, loc, scale = posterior.mu, posterior.sigma, prior.loc, prior.scale
     if loc.numel() == 1 and scale.numel() == 1 and loc.dim() <= mu.dim() and scale.dim() <= mu.dim():
-        loc, scale = loc.reshape(()), scale.reshape(())
-        squares = torch.linalg.vector_norm(sigma).square() + F.mse_loss(mu, loc.expand_as(mu), reduction="sum")
-        return squares / (2 * scale.square()) - torch.log(sigma).sum() + mu.numel() * (torch.log(scale) - 0.5)
-    variance = scale.square()
-    terms = (sigma.square() + (mu - loc).square()) / (2 * variance) - torch.log(sigma) + (torch.log(scale) - 0.5)
+        return _ScalarPriorGaussianKL.apply(mu, sigma, loc.reshape(()), scale.reshape(()))
+    terms = (sigma.square() + (mu - loc).square()) / (2 * scale.square()) - torch.log(sigma) + (torch.log(scale) - 0.5)
     return terms.sum()
+
+
+class _ScalarPriorGaussianKL(torch.autograd.Function):
+    """Summed Gaussian KL to a scalar prior, from three reductions and with a hand-written backward.
+
+    The sum is ``(||sigma||^2 + ||mu - loc||^2) / (2 scale^2) - sum(log sigma) + n (log scale - 1/2)``,
+    so no full-size temporary holds the prior, and the backward takes two passes over the tensors
+    instead of autograd's chain of element-wise kernels.
+    """
+
+    @staticmethod
+    def forward(mu: Tensor, sigma: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        return _scalar_prior_kl(mu, sigma, loc, scale)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        mu, sigma, loc, scale = ctx.saved_tensors
+        weight = grad / scale.square()
+        grad_mu = grad_sigma = grad_loc = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_mu = torch.addcmul(-weight * loc, mu, weight)
+        if ctx.needs_input_grad[1]:
+            grad_sigma = torch.div(-grad, sigma).addcmul_(sigma, weight)
+        if ctx.needs_input_grad[2]:
+            grad_loc = weight * (mu.numel() * loc - mu.sum())
+        if ctx.needs_input_grad[3]:
+            squares = _squares(mu, sigma, loc)
+            grad_scale = grad * (mu.numel() - squares / scale.square()) / scale
+        return grad_mu, grad_sigma, grad_loc, grad_scale
+
+
+def _squares(mu: Tensor, sigma: Tensor, loc: Tensor) -> Tensor:
+    flat = sigma.reshape(-1)
+    return torch.dot(flat, flat) + F.mse_loss(mu, loc.expand_as(mu), reduction="sum")
+
+
+def _scalar_prior_kl(mu: Tensor, sigma: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    return _squares(mu, sigma, loc) / (2 * scale.square()) - torch.log(sigma).sum() + mu.numel() * (torch.log(scale) - 0.5)
