@@ -157,12 +157,10 @@ class _ScalarPriorGaussianKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(mu: Tensor, sigma: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    def forward(ctx: Any, mu: Tensor, sigma: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        # No setup_context: with one, Function.apply binds the arguments through inspect on every call.
+        ctx.save_for_backward(mu, sigma, loc, scale)
         return _scalar_prior_kl(mu, sigma, loc, scale)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor], output: Tensor) -> None:
-        ctx.save_for_backward(*inputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
