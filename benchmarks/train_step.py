@@ -127,9 +127,9 @@ def _step_function(case: _Case, optimizer_name: str, compile_model: bool) -> Cal
 
     if compile_model:
         # Inductor's own CPU random generator is several times slower than aten's vectorised one.
-        import torch._inductor.config
+        import torch._inductor.config as inductor_config
 
-        torch._inductor.config.fallback_random = True
+        inductor_config.fallback_random = True
         loss_fn = torch.compile(loss_fn)
 
     def step() -> None:
