@@ -22,7 +22,6 @@ _SummedKL = Callable[[VariationalPosterior, Prior], Tensor]
 
 _has_closed_form: dict[tuple[type[Distribution], type[Distribution]], bool] = {}
 _summed_kl: dict[tuple[type[VariationalPosterior], type[Prior]], _SummedKL] = {}
-_summed_kl_lookup: dict[tuple[type[VariationalPosterior], type[Prior]], _SummedKL | None] = {}
 
 
 def kl_divergence(module: nn.Module, *, num_samples: int | None = None) -> Tensor:
@@ -112,27 +111,22 @@ def _register_summed_kl(
 
     def decorator(function: _SummedKL) -> _SummedKL:
         _summed_kl[posterior_type, prior_type] = function
-        _summed_kl_lookup.clear()
         return function
 
     return decorator
 
 
 def _find_summed_kl(posterior_type: type[VariationalPosterior], prior_type: type[Prior]) -> _SummedKL | None:
-    key = (posterior_type, prior_type)
-    if key not in _summed_kl_lookup:
-        _summed_kl_lookup[key] = next(
-            (
-                function
-                for (q, p), function in _summed_kl.items()
-                if issubclass(posterior_type, q)
-                and issubclass(prior_type, p)
-                and posterior_type.distribution is q.distribution
-                and prior_type.distribution is p.distribution
-            ),
-            None,
-        )
-    return _summed_kl_lookup[key]
+    # Not memoised: filling a cache while torch.compile traces would force a recompilation.
+    for (q, p), function in _summed_kl.items():
+        if (
+            issubclass(posterior_type, q)
+            and issubclass(prior_type, p)
+            and posterior_type.distribution is q.distribution
+            and prior_type.distribution is p.distribution
+        ):
+            return function
+    return None
 
 
 @_register_summed_kl(GaussianPosterior, GaussianPrior)
