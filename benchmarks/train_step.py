@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from torchbayesian import bnn  # noqa: E402
+from torchbayesian import bnn
 
 __all__ = ["main"]
 

@@ -56,5 +56,6 @@ def test_posterior_list_follows_registration_changes():
     model.module[2] = nn.Linear(8, 8)
     assert [name for name, _ in model.posteriors()] == ["0.bias", "4.weight", "4.bias"]
     bnn.register_posterior(model.module[2], "bias")
-    assert [name for name, _ in bnn.posteriors(model)] == ["module.0.bias", "module.2.bias", "module.4.weight", "module.4.bias"]
+    expected = ["module.0.bias", "module.2.bias", "module.4.weight", "module.4.bias"]
+    assert [name for name, _ in bnn.posteriors(model)] == expected
     assert model.kl_divergence() < kl_before

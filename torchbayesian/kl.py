@@ -180,4 +180,5 @@ def _squares(mu: Tensor, sigma: Tensor, loc: Tensor) -> Tensor:
 
 
 def _scalar_prior_kl(mu: Tensor, sigma: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-    return _squares(mu, sigma, loc) / (2 * scale.square()) - torch.log(sigma).sum() + mu.numel() * (torch.log(scale) - 0.5)
+    log_terms = mu.numel() * (torch.log(scale) - 0.5) - torch.log(sigma).sum()
+    return _squares(mu, sigma, loc) / (2 * scale.square()) + log_terms
