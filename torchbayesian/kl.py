@@ -138,8 +138,8 @@ def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
     mu, sigma, loc, scale = posterior.mu, posterior.sigma, prior.loc, prior.scale
     if loc.numel() == 1 and scale.numel() == 1 and loc.dim() <= mu.dim() and scale.dim() <= mu.dim():
         return _ScalarPriorGaussianKL.apply(mu, sigma, loc.reshape(()), scale.reshape(()))
-    terms = (sigma.square() + (mu - loc).square()) / (2 * scale.square()) - torch.log(sigma) + (torch.log(scale) - 0.5)
-    return terms.sum()
+    squares = sigma.square() + (mu - loc).square()
+    return (squares / (2 * scale.square()) - torch.log(sigma) + (torch.log(scale) - 0.5)).sum()
 
 
 class _ScalarPriorGaussianKL(torch.autograd.Function):
