@@ -3,12 +3,13 @@
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor
 
 __all__ = ["reuse_samples"]
 
 _depth = 0
-_samples: dict[int, Tensor] = {}
+_cache: dict[tuple[int, str, bool], Tensor] = {}
 
 
 @contextmanager
@@ -20,6 +21,10 @@ def reuse_samples() -> Iterator[None]:
     around every forward pass; use it yourself when calling a module on which you registered
     posteriors with `register_posterior`. Blocks may be nested; samples are dropped when the
     outermost block exits.
+
+    Quantities derived from the variational parameters that the sample and the KL divergence share
+    (the standard deviation of a `GaussianPosterior`) are also computed once per block, so
+    computing the loss and the KL divergence inside one block is cheaper than doing it apart.
 
     Example:
         >>> import torch
@@ -36,14 +41,37 @@ def reuse_samples() -> Iterator[None]:
     finally:
         _depth -= 1
         if _depth == 0:
-            _samples.clear()
+            _cache.clear()
 
 
-def draw(key: object, sample: Callable[[], Tensor]) -> Tensor:
-    """Return ``sample()``, reusing the result for ``key`` inside a `reuse_samples` block."""
+@contextmanager
+def fresh_samples() -> Iterator[None]:
+    """Draw new samples inside the block, even within an enclosing `reuse_samples` block.
+
+    The block is its own sampling scope; the enclosing block's samples are restored on exit.
+    """
+    global _depth
+    depth, saved = _depth, dict(_cache)
+    _depth = 0
+    _cache.clear()
+    try:
+        with reuse_samples():
+            yield
+    finally:
+        _cache.clear()
+        _cache.update(saved)
+        _depth = depth
+
+
+def draw(key: object, sample: Callable[[], Tensor], kind: str = "sample") -> Tensor:
+    """Return ``sample()``, reusing the result for ``(key, kind)`` inside a `reuse_samples` block.
+
+    Results computed with and without gradient tracking are kept apart.
+    """
     if _depth == 0:
         return sample()
-    value = _samples.get(id(key))
+    slot = (id(key), kind, torch.is_grad_enabled())
+    value = _cache.get(slot)
     if value is None:
-        value = _samples[id(key)] = sample()
+        value = _cache[slot] = sample()
     return value

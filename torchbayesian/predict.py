@@ -110,7 +110,7 @@ def predict(
 def _vectorized(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], num_samples: int,
                 chunk_size: int | None) -> Any:
     def one_draw(_: Tensor) -> Any:
-        with _fresh_samples():
+        with _sampling.fresh_samples():
             return model(*args, **kwargs)
 
     index = torch.arange(num_samples, device=_device(model, args, kwargs))
@@ -120,7 +120,7 @@ def _vectorized(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
 def _looped(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], num_samples: int) -> Any:
     outputs = []
     for _ in range(num_samples):
-        with _fresh_samples():
+        with _sampling.fresh_samples():
             outputs.append(model(*args, **kwargs))
     flat, specs = zip(*(pytree.tree_flatten(output) for output in outputs))
     if any(spec != specs[0] for spec in specs):
@@ -129,21 +129,6 @@ def _looped(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], num
         torch.stack(leaves) if isinstance(leaves[0], Tensor) else leaves[0] for leaves in zip(*flat)
     ]
     return pytree.tree_unflatten(stacked, specs[0])
-
-
-@contextmanager
-def _fresh_samples() -> Iterator[None]:
-    # A draw must not reuse samples cached by an enclosing reuse_samples block, nor leak its own.
-    depth, cached = _sampling._depth, dict(_sampling._samples)
-    _sampling._depth = 0
-    _sampling._samples.clear()
-    try:
-        with _sampling.reuse_samples():
-            yield
-    finally:
-        _sampling._samples.clear()
-        _sampling._samples.update(cached)
-        _sampling._depth = depth
 
 
 @contextmanager

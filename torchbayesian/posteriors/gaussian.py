@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Normal
 
+from torchbayesian import _sampling
 from torchbayesian._math import softplus_inverse
 from torchbayesian.posteriors.base import VariationalPosterior
 
@@ -120,7 +121,10 @@ class GaussianPosterior(VariationalPosterior):
 
     @property
     def sigma(self) -> Tensor:
-        """Posterior standard deviation ``softplus(rho)``."""
+        """Posterior standard deviation ``softplus(rho)``, computed once per `reuse_samples` block."""
+        return _sampling.draw(self, self._softplus_rho, "sigma")
+
+    def _softplus_rho(self) -> Tensor:
         return F.softplus(self.rho)
 
     @property
@@ -135,7 +139,7 @@ class GaussianPosterior(VariationalPosterior):
 
     def sample_parameters(self) -> Tensor:
         """Return ``mu + sigma * eps`` with fresh standard normal ``eps``."""
-        return self.mu + self.sigma * torch.randn_like(self.mu)
+        return torch.addcmul(self.mu, self.sigma, torch.randn_like(self.mu))
 
     def set_mean_(self, value: Tensor) -> None:
         """Copy ``value`` into ``mu``."""
