@@ -140,7 +140,8 @@ def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
     Element-wise the KL is ``log(scale / sigma) + (sigma^2 + (mu - loc)^2) / (2 scale^2) - 1/2``.
     """
     mu, sigma, loc, scale = posterior.mu, posterior.sigma, prior.loc, prior.scale
-    if loc.numel() == 1 and scale.numel() == 1 and loc.dim() <= mu.dim() and scale.dim() <= mu.dim():
+    plain = type(mu.data) is Tensor  # tensor subclasses (e.g. FSDP's DTensor) take the generic expression
+    if plain and loc.numel() == 1 and scale.numel() == 1 and loc.dim() <= mu.dim() and scale.dim() <= mu.dim():
         return _ScalarPriorGaussianKL.apply(mu, sigma, loc.reshape(()), scale.reshape(()))
     squares = sigma.square() + (mu - loc).square()
     return (squares / (2 * scale.square()) - torch.log(sigma) + (torch.log(scale) - 0.5)).sum()

@@ -158,6 +158,8 @@ def posteriors(module: nn.Module) -> Iterator[tuple[str, VariationalPosterior]]:
         >>> [name for name, _ in bnn.posteriors(model.module)]
         ['0.weight', '0.bias']
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(module).__name__}.")
     cached = _posterior_lists.get(module)
     if cached is None or cached[0] != _generation:
         found: list[tuple[str, VariationalPosterior]] = []
