@@ -149,8 +149,19 @@ def test_pages_render(served_site: tuple[str, list[tuple[str, int]]], browser: A
     assert browser.execute_script("return document.getElementById('torchbayesian.module.BayesianModule') !== null")
     assert not _own_errors(browser, base)
 
+    search = browser.find_element("css selector", "input.md-search__input")
+    search.click()
+    search.send_keys("reuse_samples")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    results = WebDriverWait(browser, 30).until(
+        lambda driver: driver.find_elements("css selector", ".md-search-result__item")
+    )
+    assert results, "the search returned nothing for 'reuse_samples'"
+    assert browser.save_screenshot(str(SCREENSHOTS / "search.png"))
+
     assert requests, "the server saw no request"
     failed = [(path, status) for path, status in requests if status >= 400]
     assert not failed, f"the site requested missing files of its own: {failed}"
-    for asset in ("/assets/stylesheets/", "/assets/javascripts/"):
+    for asset in ("/assets/stylesheets/", "/assets/javascripts/", "/search/search_index.json"):
         assert any(path.startswith(asset) and status == 200 for path, status in requests), asset
