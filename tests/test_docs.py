@@ -43,7 +43,11 @@ def test_python_blocks_are_found() -> None:
         "intro\n```python\na = 1\n```\n<!-- skip: needs two processes -->\n```python\nlaunch()\n```\n"
         '```python title="x.py"\nb = a + 1\n```\n```bash\nls\n```\n'
     )
-    assert python_blocks(text) == [(3, "a = 1\n", None), (7, "launch()\n", "needs two processes"), (10, "b = a + 1\n", None)]
+    assert python_blocks(text) == [
+        (3, "a = 1\n", None),
+        (7, "launch()\n", "needs two processes"),
+        (10, "b = a + 1\n", None),
+    ]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(ROOT)) for page in PAGES])
@@ -63,7 +67,7 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     try:
         for line, code, reason in blocks:
             if reason is None:
-                exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)
+                exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)  # noqa: S102
     finally:
         torch.set_num_threads(threads)
 
@@ -72,8 +76,18 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site_dir = tmp_path_factory.mktemp("site")
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-         "--site-dir", str(site_dir)],
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site_dir),
+        ],
+        check=False,
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -65,8 +65,18 @@ class _LoggingHandler(SimpleHTTPRequestHandler):
 def served_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[tuple[str, int]]]]:
     site = tmp_path_factory.mktemp("site")
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-         "--site-dir", str(site)],
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
+        check=False,
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -118,8 +128,11 @@ def _open(driver: Any, url: str, screenshot: str) -> None:
 
 def _own_errors(driver: Any, base: str) -> list[str]:
     """Console errors raised by the site's own scripts or resources (not by unreachable external ones)."""
-    return [entry["message"] for entry in driver.get_log("browser")
-            if entry["level"] == "SEVERE" and entry["message"].startswith(base)]
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and entry["message"].startswith(base)
+    ]
 
 
 def test_pages_render(served_site: tuple[str, list[tuple[str, int]]], browser: Any) -> None:
@@ -142,9 +155,7 @@ def test_pages_render(served_site: tuple[str, list[tuple[str, int]]], browser: A
     assert not _own_errors(browser, base)
 
     _open(browser, f"{base}/api/module/", "api-module.png")
-    signatures = browser.execute_script(
-        "return [...document.querySelectorAll('.doc-signature')].map(s => s.innerText)"
-    )
+    signatures = browser.execute_script("return [...document.querySelectorAll('.doc-signature')].map(s => s.innerText)")
     assert any(signature.startswith("BayesianModule(") for signature in signatures), signatures
     assert browser.execute_script("return document.getElementById('torchbayesian.module.BayesianModule') !== null")
     assert not _own_errors(browser, base)
