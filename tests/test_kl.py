@@ -130,3 +130,23 @@ def test_elbo_training_step_reduces_loss() -> None:
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_kl_rule_registered_after_first_use_is_picked_up() -> None:
+    class _Prior(_StudentT):
+        @property
+        def distribution(self) -> "_Marker":
+            return _Marker(3.0, torch.zeros_like(self.scale), self.scale)
+
+    class _Marker(torch.distributions.StudentT):
+        pass
+
+    q = bnn.GaussianPosterior((3,), mu_init=0.0, sigma_init=1.0)
+    q.prior = _Prior()
+    q.kl_divergence()  # Monte Carlo: no rule yet
+
+    @torch.distributions.kl.register_kl(Normal, _Marker)
+    def _constant(p: Normal, r: _Marker) -> torch.Tensor:
+        return torch.full_like(p.loc, 0.25)
+
+    assert q.kl_divergence().item() == 0.75

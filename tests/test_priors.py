@@ -11,7 +11,7 @@ from torchbayesian import bnn
 @given(loc=st.floats(-5, 5), scale=st.floats(1e-3, 10), x=st.floats(-10, 10))
 @settings(max_examples=30, deadline=None)
 def test_gaussian_log_prob_matches_formula(loc: float, scale: float, x: float) -> None:
-    prior = bnn.GaussianPrior(loc, scale)
+    prior = bnn.GaussianPrior(loc, scale).double()
     expected = -0.5 * ((x - loc) / scale) ** 2 - math.log(scale) - 0.5 * math.log(2 * math.pi)
     value = prior.log_prob(torch.tensor(x, dtype=torch.float64))
     assert math.isclose(value.item(), expected, rel_tol=1e-5, abs_tol=1e-5)

@@ -20,7 +20,6 @@ __all__ = ["kl_divergence"]
 
 _SummedKL = Callable[[VariationalPosterior, Prior], Tensor]
 
-_has_closed_form: dict[tuple[type[Distribution], type[Distribution]], bool] = {}
 _summed_kl: dict[tuple[type[VariationalPosterior], type[Prior]], _SummedKL] = {}
 
 
@@ -80,16 +79,11 @@ def posterior_kl(posterior: VariationalPosterior, *, num_samples: int | None = N
         return summed(posterior, prior)
     q = posterior.distribution
     p = prior.distribution
-    key = (type(q), type(p))
-    if _has_closed_form.get(key, True):
-        try:
-            kl = _distribution_kl(q, p)
-        except NotImplementedError:
-            _has_closed_form[key] = False
-        else:
-            _has_closed_form[key] = True
-            return kl.sum()
-    return _monte_carlo_kl(posterior, q, p, num_samples)
+    try:
+        # Asked every time (torch memoizes the lookup), so a pair registered later is picked up.
+        return _distribution_kl(q, p).sum()
+    except NotImplementedError:
+        return _monte_carlo_kl(posterior, q, p, num_samples)
 
 
 def _monte_carlo_kl(

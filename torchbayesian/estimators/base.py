@@ -20,7 +20,7 @@ __all__ = ["EstimatorPosterior", "Term", "channel_view", "rademacher"]
 class Term(NamedTuple):
     """One tensor of a layer as an estimator sees it.
 
-    Args:
+    Attributes:
         value (Tensor | None): The posterior mean for an estimator posterior; otherwise the tensor
             as the layer reads it (a weight sample, a deterministic parameter, or ``None``).
         posterior (EstimatorPosterior | None): The estimator posterior when it adds noise (it is

@@ -33,9 +33,7 @@ class FlipoutPosterior(EstimatorPosterior):
     `nn.ConvTranspose1d/2d/3d` with any constructor arguments, their lazy variants once
     materialised, and ``transformers.pytorch_utils.Conv1D``).
 
-    Args:
-        shape (torch.Size | tuple[int, ...]): Shape of the tensor.
-        **kwargs: As for `GaussianPosterior` (``mu_init``, ``sigma_init``, ``rho_init``, ...).
+    Takes the arguments of `GaussianPosterior` (``shape``, ``mu_init``, ``sigma_init``, ``rho_init``, ...).
 
     Raises:
         TypeError: On registration, if the layer type is unsupported (see `EstimatorPosterior.check_module`).

@@ -29,9 +29,7 @@ class LocalReparameterizationPosterior(EstimatorPosterior):
     Everything else (``mu``, ``rho``, priors, KL, `frozen`) is `GaussianPosterior`'s; supported
     layers are those of `FlipoutPosterior`.
 
-    Args:
-        shape (torch.Size | tuple[int, ...]): Shape of the tensor.
-        **kwargs: As for `GaussianPosterior` (``mu_init``, ``sigma_init``, ``rho_init``, ...).
+    Takes the arguments of `GaussianPosterior` (``shape``, ``mu_init``, ``sigma_init``, ``rho_init``, ...).
 
     Raises:
         TypeError: On registration, if the layer type is unsupported (see `EstimatorPosterior.check_module`).

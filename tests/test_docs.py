@@ -1,0 +1,186 @@
+"""Run every Python block of the guides and the README, and build the site with ``mkdocs build --strict``.
+
+Blocks of one page run in order in one namespace, like a notebook. A block that must not run
+(a multi-process launch, say) is preceded by a line ``<!-- skip: reason -->``.
+"""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchbayesian
+from torchbayesian import bnn
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+_BLOCK = re.compile(
+    r"^(?:<!-- skip: (?P<reason>[^>]*?) -->\n)?```python[^\n]*\n(?P<code>.*?)^```[ \t]*$",
+    flags=re.MULTILINE | re.DOTALL,
+)
+_DIRECTIVE = re.compile(r"^::: (?P<module>[\w.]+)[ \t]*$", flags=re.MULTILINE)
+
+
+def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
+    """Return ``(first_line, code, skip_reason)`` for each fenced Python block at the start of a line."""
+    blocks = []
+    for match in _BLOCK.finditer(text):
+        first_line = text.count("\n", 0, match.start("code")) + 1
+        blocks.append((first_line, match.group("code"), match.group("reason")))
+    return blocks
+
+
+def test_python_blocks_are_found() -> None:
+    text = (
+        "intro\n```python\na = 1\n```\n<!-- skip: needs two processes -->\n```python\nlaunch()\n```\n"
+        '```python title="x.py"\nb = a + 1\n```\n```bash\nls\n```\n'
+    )
+    assert python_blocks(text) == [
+        (3, "a = 1\n", None),
+        (7, "launch()\n", "needs two processes"),
+        (10, "b = a + 1\n", None),
+    ]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(ROOT)) for page in PAGES])
+def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = page.read_text()
+    blocks = python_blocks(text)
+    assert len(blocks) == len(re.findall(r"^```python", text, flags=re.MULTILINE)), (
+        f"{page.name}: a ```python fence is not at the start of a line or is not closed; it would not be tested."
+    )
+    for line, _, reason in blocks:
+        assert reason is None or reason.strip(), f"{page.name}:{line}: a skipped block must say why."
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the examples use tiny models, for which extra threads only add overhead
+    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    try:
+        for line, code, reason in blocks:
+            if reason is None:
+                exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)  # noqa: S102
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site_dir = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site_dir),
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=300,
+    )
+    problems = [line for line in result.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
+    assert result.returncode == 0 and not problems, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    return site_dir
+
+
+def test_site_builds_strictly(site: Path) -> None:
+    for page in ("index.html", "quickstart/index.html", "concepts/index.html", "api/module/index.html"):
+        assert (site / page).is_file(), page
+    assert "BayesianModule(" in _text(site / "api" / "module" / "index.html")
+
+
+def _text(page: Path) -> str:
+    return re.sub(r"<[^>]+>", "", page.read_text())
+
+
+def _inventory(site: Path) -> dict[str, str]:
+    """Map each object documented with its own entry (priority 1) in ``objects.inv`` to its page."""
+    header, _, body = (site / "objects.inv").read_bytes().partition(b"zlib.\n")
+    assert header.startswith(b"# Sphinx inventory version 2"), header[:40]
+    entries = {}
+    for line in zlib.decompress(body).decode().splitlines():
+        name, _, priority, uri, _ = line.split(" ", 4)
+        if priority == "1":
+            entries[name] = uri
+    return entries
+
+
+def _defining_path(obj: object) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def test_every_public_name_has_a_reference_entry(site: Path) -> None:
+    documented = _inventory(site)
+    missing = [name for name in bnn.__all__ if _defining_path(getattr(bnn, name)) not in documented]
+    assert not missing, (
+        f"bnn names missing from the API reference: {missing}; add a docs/api page containing "
+        "`::: <defining module>` and list it in mkdocs.yml."
+    )
+
+
+def test_api_overview_lists_every_public_name() -> None:
+    overview = (DOCS / "api" / "index.md").read_text()
+    missing = [name for name in bnn.__all__ if f"`bnn.{name}`" not in overview]
+    assert not missing, f"docs/api/index.md does not list {missing}."
+
+
+def _defines_public_names(source: Path) -> bool:
+    """Whether the module lists in ``__all__`` a name it defines itself (read statically: no import needed)."""
+    tree = ast.parse(source.read_text())
+    exported: set[str] = set()
+    defined: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = {target.id for target in targets if isinstance(target, ast.Name)}
+            if "__all__" in names and node.value is not None:
+                exported = set(ast.literal_eval(node.value))
+            defined |= names
+    return any(not name.startswith("__") for name in exported & defined)
+
+
+def _modules_needing_a_page() -> set[str]:
+    needed = {getattr(bnn, name).__module__ for name in bnn.__all__}
+    package = Path(torchbayesian.__file__).parent
+    for source in package.rglob("*.py"):
+        name = ".".join(("torchbayesian", *source.relative_to(package).with_suffix("").parts))
+        name = name.removesuffix(".__init__")
+        if any(part.startswith("_") for part in name.split(".")) or name == "torchbayesian.bnn":
+            continue
+        if _defines_public_names(source):
+            needed.add(name)
+    return needed
+
+
+def test_each_module_has_one_reference_page() -> None:
+    pages: dict[str, list[str]] = {}
+    for page in sorted((DOCS / "api").rglob("*.md")):
+        directives = _DIRECTIVE.findall(page.read_text())
+        assert len(directives) <= 1, f"{page.relative_to(DOCS)} documents several modules: {directives}"
+        for module in directives:
+            pages.setdefault(module, []).append(str(page.relative_to(DOCS)))
+    missing = sorted(_modules_needing_a_page() - set(pages))
+    assert not missing, f"modules without a docs/api page (one `::: module` directive each): {missing}"
+    duplicated = {module: found for module, found in pages.items() if len(found) > 1}
+    assert not duplicated, f"modules documented on several pages: {duplicated}"
+    navigation = (ROOT / "mkdocs.yml").read_text()
+    unlisted = [found[0] for found in pages.values() if found[0] not in navigation]
+    assert not unlisted, f"API pages missing from the nav of mkdocs.yml: {unlisted}"
