@@ -39,7 +39,7 @@ from torchbayesian import bnn
 __all__ = ["main"]
 
 DATASET_SIZE = 60_000
-CONFIGS = ("mlp", "lenet", "bert-linear", "bert-default")
+CONFIGS = ("mlp", "lenet", "bert-linear", "bert-policy", "bert-default")
 OPTIMIZERS = ("adam", "adam-fused")
 
 
@@ -89,8 +89,13 @@ def _build(config: str, variant: str) -> _Case:
         inputs = {"input_ids": torch.randint(0, model.config.vocab_size, (16, 128))}
         target = torch.randint(0, 2, (16,))
     if variant != "deterministic":
-        include = nn.Linear if config == "bert-linear" else None
-        model = bnn.BayesianModule(model, _posterior(variant), include=include)
+        if config == "bert-linear":
+            policy: dict[str, Any] = {"include": nn.Linear}
+        elif config == "bert-policy":
+            policy = bnn.transformer_policy(model)
+        else:
+            policy = {}
+        model = bnn.BayesianModule(model, _posterior(variant), **policy)
     return _Case(model, inputs, target)
 
 
@@ -104,7 +109,7 @@ def _posterior(variant: str) -> type[bnn.VariationalPosterior]:
 
 def _variants(config: str) -> list[str]:
     variants = ["deterministic", "gaussian"]
-    if config != "bert-default":
+    if config not in ("bert-policy", "bert-default"):
         variants += [name for name, attr in (("flipout", "FlipoutPosterior"),
                                              ("lrt", "LocalReparameterizationPosterior")) if hasattr(bnn, attr)]
     return variants
