@@ -5,10 +5,7 @@ Blocks of one page run in order in one namespace, like a notebook. A block that 
 """
 
 import ast
-import os
 import re
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -70,33 +67,6 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)  # noqa: S102
     finally:
         torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    site_dir = tmp_path_factory.mktemp("site")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mkdocs",
-            "build",
-            "--strict",
-            "--config-file",
-            str(ROOT / "mkdocs.yml"),
-            "--site-dir",
-            str(site_dir),
-        ],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        timeout=300,
-    )
-    problems = [line for line in result.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
-    assert result.returncode == 0 and not problems, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
-    return site_dir
 
 
 def test_site_builds_strictly(site: Path) -> None:
