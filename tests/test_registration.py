@@ -30,11 +30,19 @@ def test_reading_the_tensor_samples_and_reuse_samples_shares_one_draw() -> None:
     assert layer.weight is not first
 
 
-def test_assignment_sets_the_mean() -> None:
+def test_assignment_and_functional_call_by_tensor_name_cannot_corrupt_the_posterior() -> None:
     layer = nn.Linear(3, 2)
     q = bnn.register_posterior(layer, "weight")
-    layer.weight = torch.ones(2, 3)
-    assert torch.equal(q.mu, torch.ones(2, 3))
+    mu = q.mu.detach().clone()
+    with pytest.raises(ValueError, match=r"Cannot assign to a tensor with a GaussianPosterior \(shape \(2, 3\)\)"):
+        layer.weight = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="pass the posterior's own parameters"):
+        torch.func.functional_call(layer, {"weight": torch.zeros(2, 3)}, (torch.randn(4, 3),))
+    assert torch.equal(q.mu, mu) and bnn.is_bayesian(layer, "weight")
+    params = {name: torch.zeros_like(p) for name, p in layer.named_parameters()}
+    params["parametrizations.weight.0.rho"] = torch.full((2, 3), -40.0)  # sigma ~ 4e-18
+    out = torch.func.functional_call(layer, params, (torch.randn(4, 3),))
+    assert torch.allclose(out, torch.zeros(4, 2), atol=1e-12)
 
 
 def test_posterior_instance_and_custom_prior() -> None:

@@ -308,6 +308,5 @@ class _PicklableModel:
             owner = self.model.get_submodule(module_name)
             if get_posterior(owner, tensor_name) is posterior:
                 continue
-            posterior._accepts_assignment = False
             attach(owner, tensor_name, posterior)
         return self.model

@@ -54,7 +54,7 @@ def register_posterior(
     given when it is an instance) and registered with
     `torch.nn.utils.parametrize.register_parametrization`. The original parameter is removed from
     the module: only the posterior's variational parameters remain. Reading ``module.<name>``
-    then returns a sample; assigning a tensor to it sets the posterior mean. If anything fails,
+    then returns a sample; assigning a tensor to it raises a `ValueError`. If anything fails,
     the module is left unchanged.
 
     Args:
@@ -299,7 +299,8 @@ def _prior_key_matches(key: object, qualified_name: str, owner: nn.Module | None
 
 def attach(module: nn.Module, name: str, posterior: VariationalPosterior) -> None:
     """Register ``posterior`` as the parametrization of ``module.<name>``."""
+    posterior._registered = False  # a tied tensor registers the same posterior again
     parametrize.register_parametrization(module, name, posterior, unsafe=True)
-    posterior._accepts_assignment = True
+    posterior._registered = True
     posterior.on_register(module, name)
     _invalidate()

@@ -53,7 +53,7 @@ class VariationalPosterior(nn.Module, ABC):
             raise TypeError(f"{type(self).__name__}: dtype must be a floating-point torch.dtype, got {dtype!r}.")
         self._factory_kwargs: dict[str, Any] = {"dtype": dtype, "device": device}
         self.frozen = False
-        self._accepts_assignment = False
+        self._registered = False
         self._last_sample: Tensor | None = None
         self.register_module("prior", None)
 
@@ -121,7 +121,7 @@ class VariationalPosterior(nn.Module, ABC):
         return self._last_sample
 
     def set_mean_(self, value: Tensor) -> None:
-        """Move the posterior mean to ``value`` in place (used when the tensor is assigned).
+        """Move the posterior mean to ``value`` in place (used by `load_deterministic_state_dict`).
 
         Raises:
             NotImplementedError: If the posterior cannot set its mean.
@@ -148,10 +148,20 @@ class VariationalPosterior(nn.Module, ABC):
         """Hook run right after the posterior is removed from ``module.<name>``; does nothing by default."""
 
     def right_inverse(self, value: Tensor) -> tuple[()]:
-        """Keep no copy of the original tensor; after registration, an assignment sets the mean."""
-        if self._accepts_assignment:
-            with torch.no_grad():
-                self.set_mean_(value)
+        """Keep no copy of the original tensor, and refuse assignments once registered.
+
+        Raises:
+            ValueError: On ``module.<name> = value`` after registration (including
+                ``torch.func.functional_call`` given the tensor's own name), which would otherwise
+                overwrite the posterior silently.
+        """
+        if self._registered:
+            raise ValueError(
+                f"Cannot assign to a tensor with a {type(self).__name__} (shape {tuple(self.shape)}): it would "
+                "silently replace the posterior. Move the mean with posterior.set_mean_(value) or "
+                "bnn.load_deterministic_state_dict, or call bnn.remove_posterior first; with "
+                "torch.func.functional_call, pass the posterior's own parameters (...mu, ...rho)."
+            )
         return ()
 
     def log_prob(self, value: Tensor) -> Tensor:
