@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -9,7 +10,7 @@ from torch import Tensor
 __all__ = ["reuse_samples"]
 
 _depth = 0
-_cache: dict[tuple[int, str, bool], Tensor] = {}
+_cache: dict[tuple[int, str, bool], Any] = {}
 
 
 @contextmanager
@@ -61,6 +62,17 @@ def fresh_samples() -> Iterator[None]:
         _cache.clear()
         _cache.update(saved)
         _depth = depth
+
+
+def keep(key: object, kind: str, value: object) -> None:
+    """Store ``value`` for ``(key, kind)`` until the enclosing `reuse_samples` block exits (no-op outside one)."""
+    if _depth:
+        _cache[id(key), kind, torch.is_grad_enabled()] = value
+
+
+def kept(key: object, kind: str) -> Any:
+    """Return the value stored by `keep` for ``(key, kind)`` in this block and grad mode, or ``None``."""
+    return _cache.get((id(key), kind, torch.is_grad_enabled())) if _depth else None
 
 
 def draw(key: object, sample: Callable[[], Tensor], kind: str = "sample") -> Tensor:

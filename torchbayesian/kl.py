@@ -11,10 +11,12 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.distributions import kl_divergence as _distribution_kl
 
+from torchbayesian import _native, _sampling
+from torchbayesian._native import gaussian as fused
 from torchbayesian.posteriors.base import VariationalPosterior
-from torchbayesian.posteriors.gaussian import GaussianPosterior
+from torchbayesian.posteriors.gaussian import GaussianPosterior, _uses_softplus_scale
 from torchbayesian.priors.base import Prior
-from torchbayesian.priors.gaussian import GaussianPrior
+from torchbayesian.priors.gaussian import GaussianPrior, scalar_gaussian_prior
 
 __all__ = ["kl_divergence"]
 
@@ -133,6 +135,13 @@ def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
 
     Element-wise the KL is ``log(scale / sigma) + (sigma^2 + (mu - loc)^2) / (2 scale^2) - 1/2``.
     """
+    kept = _sampling.kept(posterior, "kl")
+    if kept is not None and kept[0] is prior:
+        return kept[1]
+    if _native.applies(posterior.mu, posterior.rho) and _uses_softplus_scale(type(posterior)):
+        scalar = scalar_gaussian_prior(prior)
+        if scalar is not None:
+            return fused.kl_divergence(posterior.mu, posterior.rho, scalar)
     mu, sigma, loc, scale = posterior.mu, posterior.sigma, prior.loc, prior.scale
     plain = type(mu.data) is Tensor  # tensor subclasses (e.g. FSDP's DTensor) take the generic expression
     if plain and loc.numel() == 1 and scale.numel() == 1 and loc.dim() <= mu.dim() and scale.dim() <= mu.dim():

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from torchbayesian import _sampling
 from torchbayesian.kl import kl_divergence
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.registration import posteriors
@@ -94,7 +95,11 @@ class BayesianMixin:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"sample_elbo: num_samples must be a positive integer, got {num_samples!r}.")
         model = self._as_module()
-        terms = [criterion(model(inputs), targets) + kl_weight * self.kl_divergence() for _ in range(num_samples)]
+        terms = []
+        for _ in range(num_samples):
+            # One sampling scope per term: its forward and KL share sigma (and, on CPU, one fused kernel).
+            with _sampling.fresh_samples():
+                terms.append(criterion(model(inputs), targets) + kl_weight * self.kl_divergence())
         return torch.stack(terms).sum() / num_samples
 
     def freeze(self) -> Self:

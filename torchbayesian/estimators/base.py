@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from torchbayesian import _sampling
+from torchbayesian._native import gaussian as fused
+from torchbayesian._native import random
 from torchbayesian.estimators.registry import Kernel, LayerOp, find_kernel, registered_base, supported_layers
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import get_posterior
@@ -129,7 +131,15 @@ class EstimatorPosterior(GaussianPosterior):
         """Return ``sigma * eps``: the weight noise, drawn once per `reuse_samples` block."""
         # Keyed on ``rho``, not on the posterior itself, so that reading ``layer.weight`` in the
         # same block still returns a full weight sample.
-        return _sampling.draw(self.rho, lambda: self.sigma * torch.randn_like(self.mu))
+        return _sampling.draw(
+            self.rho, lambda: self._fused_or(fused.PERTURBATION, lambda: self.sigma * torch.randn_like(self.mu))
+        )
+
+    def variance(self) -> Tensor:
+        """Return ``sigma**2``, computed once per `reuse_samples` block."""
+        return _sampling.draw(
+            self.rho, lambda: self._fused_or(fused.VARIANCE, lambda: self.sigma.square()), "variance"
+        )
 
 
 class _EstimatorForward:
@@ -168,8 +178,7 @@ def rademacher(reference: Tensor, channel_dim: int) -> Tensor:
     shape[channel_dim] = reference.shape[channel_dim]
     if reference.dim() > -channel_dim:
         shape[0] = reference.shape[0]
-    signs = torch.randint(0, 2, shape, dtype=reference.dtype, device=reference.device)
-    return signs.mul_(2).sub_(1)
+    return random.rademacher(shape, reference)
 
 
 def channel_view(vector: Tensor, channel_dim: int) -> Tensor:

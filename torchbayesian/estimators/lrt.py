@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from torchbayesian._native import random
 from torchbayesian.estimators.base import EstimatorPosterior, Term, channel_view
 from torchbayesian.estimators.registry import LayerOp
 
@@ -47,11 +48,11 @@ class LocalReparameterizationPosterior(EstimatorPosterior):
     def estimate(cls, op: LayerOp, input: Tensor, weight: Term, bias: Term) -> Tensor:
         """Return ``f(x; mu) + sqrt(f(x**2; sigma**2)) * eps``; see the class docstring."""
         mean = op.apply(input, weight.value, bias.value)
-        bias_variance = None if bias.posterior is None else bias.posterior.sigma.square()
+        bias_variance = None if bias.posterior is None else bias.posterior.variance()
         if weight.posterior is None:
             variance = channel_view(bias_variance, op.channel_dim)
         else:
-            variance = op.apply(input.square(), weight.posterior.sigma.square(), bias_variance)
+            variance = op.apply(input.square(), weight.posterior.variance(), bias_variance)
         # Clamped so that an exactly zero variance (zero inputs) gives a zero, not NaN, gradient.
         std = variance.clamp_min(torch.finfo(variance.dtype).tiny).sqrt()
-        return mean + std * torch.randn_like(mean)
+        return torch.addcmul(mean, std, random.standard_normal_like(mean))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -11,9 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from torchbayesian import _sampling
+from torchbayesian import _native, _sampling
 from torchbayesian._math import softplus_inverse
+from torchbayesian._native import gaussian as fused
 from torchbayesian.posteriors.base import VariationalPosterior
+from torchbayesian.priors.gaussian import scalar_gaussian_prior
 
 __all__ = ["GaussianPosterior"]
 
@@ -139,11 +142,31 @@ class GaussianPosterior(VariationalPosterior):
 
     def sample_parameters(self) -> Tensor:
         """Return ``mu + sigma * eps`` with fresh standard normal ``eps``."""
-        return torch.addcmul(self.mu, self.sigma, torch.randn_like(self.mu))
+        return self._fused_or(fused.SAMPLE, lambda: torch.addcmul(self.mu, self.sigma, torch.randn_like(self.mu)))
+
+    def _fused_or(self, mode: int, compute: Callable[[], Tensor]) -> Tensor:
+        """Return ``fused.draw(mu, rho, mode, ...)`` where the fused CPU kernel applies, else ``compute()``.
+
+        The fused kernel also computes the closed-form KL to a scalar `GaussianPrior`, kept for the
+        enclosing `reuse_samples` block, where `kl_divergence` picks it up.
+        """
+        if not (_native.applies(self.mu, self.rho) and _uses_softplus_scale(type(self))):
+            return compute()
+        prior = scalar_gaussian_prior(self.prior)
+        out, kl = fused.draw(self.mu, self.rho, mode, prior)
+        if kl is not None:
+            _sampling.keep(self, "kl", (self.prior, kl))
+        return out
 
     def set_mean_(self, value: Tensor) -> None:
         """Copy ``value`` into ``mu``."""
         self.mu.copy_(value)
+
+
+@functools.cache
+def _uses_softplus_scale(cls: type[GaussianPosterior]) -> bool:
+    """Whether ``cls`` keeps ``sigma = softplus(rho)``, which the fused kernels compute themselves."""
+    return cls.sigma is GaussianPosterior.sigma and cls._softplus_rho is GaussianPosterior._softplus_rho
 
 
 def _initialise(tensor: Tensor, init: Init, name: str, owner: str = "GaussianPosterior") -> None:

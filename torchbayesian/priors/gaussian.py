@@ -8,7 +8,7 @@ from torch.distributions import Normal
 
 from torchbayesian.priors.base import Prior, as_buffer
 
-__all__ = ["GaussianPrior"]
+__all__ = ["GaussianPrior", "scalar_gaussian_prior"]
 
 
 class GaussianPrior(Prior):
@@ -54,3 +54,17 @@ class GaussianPrior(Prior):
         if shape:
             return f"loc=<tensor {shape}>, scale=<tensor {tuple(self.scale.shape)}>"
         return f"loc={self.loc.item():g}, scale={self.scale.item():g}"
+
+
+def scalar_gaussian_prior(prior: object) -> tuple[float, float] | None:
+    """Return ``(loc, scale)`` of a `GaussianPrior` with scalar, fixed (no-gradient) parameters, else ``None``."""
+    if (
+        isinstance(prior, GaussianPrior)
+        and type(prior).distribution is GaussianPrior.distribution
+        and prior.loc.numel() == 1
+        and prior.scale.numel() == 1
+        and not (prior.loc.requires_grad or prior.scale.requires_grad)
+        and prior.loc.device.type == "cpu"
+    ):
+        return float(prior.loc), float(prior.scale)
+    return None

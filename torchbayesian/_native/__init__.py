@@ -1,0 +1,130 @@
+"""Fused CPU kernels, compiled from C on first use with the system compiler.
+
+The kernels replace chains of element-wise torch operations on float32 CPU tensors (the weight
+sample, the softplus, the closed-form KL and their gradients) with one pass each, and draw their
+standard normals from a vectorised counter-based generator seeded from torch's default generator,
+so ``torch.manual_seed`` still makes runs reproducible. Where they do not apply (another device or
+dtype, tensor subclasses, ``torch.compile`` tracing, ``torch.func`` transforms) or no C compiler is
+found, the library runs the equivalent torch operations. Set ``TORCHBAYESIAN_NATIVE=0`` to always
+use the torch operations.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["applies", "library", "unavailable_reason"]
+
+_SOURCE = Path(__file__).with_name("gaussian.c")
+_COMPILE_FLAGS = (
+    "-O3", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math",
+)
+_PLAIN_TYPES = (Tensor, nn.Parameter)
+
+_library: ctypes.CDLL | None = None
+_reason: str | None = None
+_loaded = False
+
+
+def applies(*tensors: Tensor) -> bool:
+    """Return whether the fused kernels can run on ``tensors`` (float32, contiguous, CPU, eager)."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    for tensor in tensors:
+        if (
+            type(tensor) not in _PLAIN_TYPES
+            or tensor.dtype != torch.float32
+            or tensor.device.type != "cpu"
+            or not tensor.is_contiguous()
+        ):
+            return False
+    return library() is not None
+
+
+def library() -> ctypes.CDLL | None:
+    """Return the compiled kernels, building them on the first call; ``None`` when unavailable."""
+    global _library, _reason, _loaded
+    if not _loaded:
+        _loaded = True
+        if os.environ.get("TORCHBAYESIAN_NATIVE", "1") == "0":
+            _reason = "disabled by TORCHBAYESIAN_NATIVE=0"
+        else:
+            try:
+                _library = _declare(ctypes.CDLL(str(_build())))
+            except (OSError, subprocess.SubprocessError) as error:
+                _reason = f"could not build the C kernels: {error}"
+    return _library
+
+
+def unavailable_reason() -> str | None:
+    """Why the fused kernels are not used, or ``None`` when they are."""
+    library()
+    return _reason
+
+
+def _build() -> Path:
+    compiler = os.environ.get("CC", "cc")
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + repr((compiler, _COMPILE_FLAGS, _machine())).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"gaussian-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        obj, shared = Path(scratch, "gaussian.o"), Path(scratch, "gaussian.so")
+        for arch in (["-march=native"], []):
+            compiled = subprocess.run(
+                [compiler, *_COMPILE_FLAGS, *arch, "-c", str(_SOURCE), "-o", str(obj)],
+                capture_output=True, text=True, timeout=120,
+            )
+            if compiled.returncode == 0:
+                break
+        else:
+            raise subprocess.SubprocessError(compiled.stderr.strip() or f"{compiler} failed")
+        # Linked in a separate step without fast-math flags: the compiler driver would otherwise add
+        # start-up code that flushes denormals for the whole process.
+        linked = subprocess.run(
+            [compiler, "-shared", str(obj), "-o", str(shared), "-lm"], capture_output=True, text=True, timeout=120
+        )
+        if linked.returncode != 0:
+            raise subprocess.SubprocessError(linked.stderr.strip() or f"{compiler} failed to link")
+        os.replace(shared, target)
+    return target
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TORCHBAYESIAN_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(root) / "torchbayesian" if root else Path.home() / ".cache" / "torchbayesian"
+
+
+def _machine() -> str:
+    """Identify the CPU, so a cache shared between different machines keeps one build per CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return platform.machine() + line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
+    pointer, size, seed, flag, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float
+    library.tb_normal.argtypes = [pointer, size, seed]
+    library.tb_rademacher.argtypes = [pointer, size, seed]
+    library.tb_gaussian_forward.argtypes = [pointer, pointer, pointer, pointer, size, flag, seed, number, pointer]
+    library.tb_gaussian_backward.argtypes = [
+        pointer, pointer, pointer, pointer, pointer, pointer, size, flag, number, number, number,
+    ]
+    for function in (library.tb_normal, library.tb_rademacher, library.tb_gaussian_forward, library.tb_gaussian_backward):
+        function.restype = None
+    return library
