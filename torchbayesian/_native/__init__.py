@@ -121,7 +121,9 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     pointer, size, seed, flag, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float
     library.tb_normal.argtypes = [pointer, size, seed]
     library.tb_rademacher.argtypes = [pointer, size, seed]
-    library.tb_gaussian_forward.argtypes = [pointer, pointer, pointer, pointer, size, flag, seed, number, pointer]
+    library.tb_gaussian_forward.argtypes = [
+        pointer, pointer, pointer, pointer, size, flag, seed, number, number, pointer,
+    ]
     library.tb_gaussian_backward.argtypes = [
         pointer, pointer, pointer, pointer, pointer, pointer, size, flag, number, number, number,
     ]

@@ -26,26 +26,35 @@ static inline uint64_t splitmix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-/* Standard normals for elements [start, start + m) of a stream; start is even, m <= BLOCK. */
+/* Standard normals for elements [start, start + m) of a stream; start is even, m <= BLOCK.
+ * Box-Muller: radius sqrt(-2 log u) from 24 bits, angle from 24 more bits, split into a quadrant
+ * (2 bits) and a position in it, where sine and cosine are Taylor polynomials accurate to float
+ * precision on [0, pi/2], so no argument reduction is needed. */
 static void normal_block(float *out, int64_t start, int64_t m, uint64_t seed) {
-    const float two_pi = 6.28318530717958647692f;
-    const float scale = 1.0f / 16777216.0f;
-    float u[BLOCK / 2], angle[BLOCK / 2], radius[BLOCK / 2], c[BLOCK / 2], s[BLOCK / 2];
+    const float scale = 1.0f / 16777216.0f, quarter = 1.57079632679489662f / 4194304.0f;
+    float u[BLOCK / 2], radius[BLOCK / 2], cosine[BLOCK / 2], sine[BLOCK / 2];
     const int64_t pairs = (m + 1) / 2;
     const uint64_t first = (uint64_t)(start / 2);
     for (int64_t i = 0; i < pairs; i++) {
-        uint64_t z = splitmix64(seed + (first + (uint64_t)i + 1) * 0x9E3779B97F4A7C15ULL);
-        u[i] = ((float)(uint32_t)(z >> 40) + 0.5f) * scale;       /* in (0, 1] */
-        angle[i] = (float)(uint32_t)(z & 0xFFFFFFu) * (scale * two_pi);
+        const uint64_t z = splitmix64(seed + (first + (uint64_t)i + 1) * 0x9E3779B97F4A7C15ULL);
+        u[i] = ((float)(uint32_t)(z >> 40) + 0.5f) * scale; /* in (0, 1] */
+        const uint32_t quadrant = (uint32_t)(z >> 22) & 3u;
+        const float x = (float)(uint32_t)(z & 0x3FFFFFu) * quarter, x2 = x * x;
+        const float s = x * (1.0f + x2 * (-1.0f / 6 + x2 * (1.0f / 120 + x2 * (-1.0f / 5040 + x2 * (
+            1.0f / 362880 + x2 * (-1.0f / 39916800))))));
+        const float c = 1.0f + x2 * (-0.5f + x2 * (1.0f / 24 + x2 * (-1.0f / 720 + x2 * (1.0f / 40320 + x2 * (
+            -1.0f / 3628800 + x2 * (1.0f / 479001600))))));
+        /* Rotate (cos x, sin x) by quadrant * pi / 2. */
+        const float swapped_c = (quadrant & 1u) ? s : c, swapped_s = (quadrant & 1u) ? c : s;
+        cosine[i] = ((quadrant + 1u) & 2u) ? -swapped_c : swapped_c;
+        sine[i] = (quadrant & 2u) ? -swapped_s : swapped_s;
     }
     for (int64_t i = 0; i < pairs; i++) radius[i] = sqrtf(-2.0f * logf(u[i]));
-    for (int64_t i = 0; i < pairs; i++) c[i] = cosf(angle[i]);
-    for (int64_t i = 0; i < pairs; i++) s[i] = sinf(angle[i]);
     for (int64_t i = 0; i < m / 2; i++) {
-        out[2 * i] = radius[i] * c[i];
-        out[2 * i + 1] = radius[i] * s[i];
+        out[2 * i] = radius[i] * cosine[i];
+        out[2 * i + 1] = radius[i] * sine[i];
     }
-    if (m & 1) out[m - 1] = radius[pairs - 1] * c[pairs - 1];
+    if (m & 1) out[m - 1] = radius[pairs - 1] * cosine[pairs - 1];
 }
 
 /* softplus(rho) and its derivative sigmoid(rho), with torch's threshold (beta = 1). */
@@ -78,9 +87,9 @@ void tb_rademacher(float *out, int64_t n, uint64_t seed) {
 }
 
 /* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode; eps is written for the first two.
- * With sums != NULL, also sums[0] = sum sigma^2, sums[1] = sum (mu - loc)^2, sums[2] = sum log sigma. */
+ * With kl != NULL, also *kl = sum KL(N(mu, sigma^2) || N(loc, prior_var)). */
 void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, int mode,
-                         uint64_t seed, float loc, double *sums) {
+                         uint64_t seed, float loc, float prior_var, float *kl) {
     double total_square = 0.0, total_deviation = 0.0, total_log = 0.0;
     float sigma[BLOCK], logs[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
@@ -100,7 +109,7 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *e
             float *o = out + start;
             for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * sigma[i];
         }
-        if (sums) {
+        if (kl) {
             const float *mean = mu + start;
             float square = 0.0f, deviation = 0.0f, log_sum = 0.0f;
             for (int64_t i = 0; i < m; i++) logs[i] = logf(sigma[i]);
@@ -115,11 +124,9 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *e
             total_log += log_sum;
         }
     }
-    if (sums) {
-        sums[0] = total_square;
-        sums[1] = total_deviation;
-        sums[2] = total_log;
-    }
+    if (kl)
+        *kl = (float)((total_square + total_deviation) / (2.0 * prior_var) - total_log
+                      + (double)n * (0.5 * log((double)prior_var) - 0.5));
 }
 
 /* Gradients of out (by mode, with upstream grad_out, may be NULL) plus kl_grad * KL, where

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import math
 from typing import Any
 
 import torch
@@ -40,7 +38,7 @@ class _Draw(torch.autograd.Function):
     def forward(ctx: Any, mu: Tensor, rho: Tensor, mode: int, prior: ScalarPrior | None) -> tuple[Tensor, Tensor]:
         out = torch.empty_like(mu)
         eps = torch.empty_like(mu) if mode != VARIANCE else None
-        kl, sums = _forward(mu, rho, out, eps, mode, prior)
+        kl = _forward(mu, rho, out, eps, mode, prior)
         ctx.save_for_backward(mu, rho, eps)
         ctx.mode, ctx.prior = mode, prior
         ctx.set_materialize_grads(False)
@@ -57,7 +55,7 @@ class _Draw(torch.autograd.Function):
 class _KL(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, mu: Tensor, rho: Tensor, prior: ScalarPrior) -> Tensor:
-        kl, _ = _forward(mu, rho, None, None, _KL_ONLY, prior)
+        kl = _forward(mu, rho, None, None, _KL_ONLY, prior)
         ctx.save_for_backward(mu, rho)
         ctx.prior = prior
         return kl
@@ -72,18 +70,14 @@ class _KL(torch.autograd.Function):
 
 def _forward(
     mu: Tensor, rho: Tensor, out: Tensor | None, eps: Tensor | None, mode: int, prior: ScalarPrior | None
-) -> tuple[Tensor, Tensor | None]:
-    sums = None if prior is None else torch.empty(3, dtype=torch.float64)
+) -> Tensor:
+    loc, scale = prior if prior is not None else (0.0, 1.0)
+    kl = mu.new_zeros(()) if prior is None else torch.empty((), dtype=mu.dtype)
     library().tb_gaussian_forward(
-        mu.data_ptr(), rho.data_ptr(), _pointer(out), _pointer(eps), mu.numel(), mode, seed(),
-        0.0 if prior is None else prior[0], _pointer(sums),
+        mu.data_ptr(), rho.data_ptr(), _pointer(out), _pointer(eps), mu.numel(), mode, seed(), loc, scale * scale,
+        None if prior is None else kl.data_ptr(),
     )
-    if prior is None:
-        return mu.new_zeros(()), None
-    square, deviation, log_sigma = sums.tolist()
-    loc, scale = prior
-    value = (square + deviation) / (2 * scale * scale) - log_sigma + mu.numel() * (math.log(scale) - 0.5)
-    return torch.tensor(value, dtype=mu.dtype), sums
+    return kl
 
 
 def _backward(
