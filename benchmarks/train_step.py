@@ -16,9 +16,11 @@ Run ``python benchmarks/train_step.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -153,13 +155,25 @@ def _time(config: str, optimizer_name: str, args: argparse.Namespace) -> dict[st
             step()
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     times: dict[str, list[float]] = {v: [] for v in variants}
+    faults = dict.fromkeys(variants, 0)
     for _ in range(args.steps):
         for variant, step in steps.items():
             gc.collect()
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = clock()
             step()
             times[variant].append(clock() - start)
-    return {v: statistics.median(t) for v, t in times.items()}
+            faults[variant] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    result = {v: statistics.median(t) for v, t in times.items()}
+    result.update({f"{v} faults": faults[v] / args.steps for v in variants})
+    return result
+
+
+def _keep_freed_memory() -> None:
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_trim_threshold, 2**30) and libc.mallopt(m_mmap_threshold, 2**28)):
+        raise RuntimeError("mallopt failed: --keep-freed-memory needs glibc")
 
 
 def _status_bytes(field: str) -> int:
@@ -195,14 +209,20 @@ def _memory(config: str, optimizer_name: str, args: argparse.Namespace) -> dict[
                    "--warmup", str(args.warmup), "--threads", str(args.threads)]
         if args.compile:
             command.append("--compile")
+        if args.keep_freed_memory:
+            command.append("--keep-freed-memory")
         result = subprocess.run(command, capture_output=True, text=True, check=True, env=dict(os.environ))
         peaks[variant] = json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
     return peaks
 
 
-def _table(rows: list[tuple[str, str, dict[str, float], dict[str, float] | None]], variants: list[str]) -> str:
+def _table(
+    rows: list[tuple[str, str, dict[str, float], dict[str, float] | None]], variants: list[str], page_faults: bool
+) -> str:
     bayes = [v for v in variants if v != "deterministic"]
     header = ["model", "optimizer", "deterministic (ms)"] + [f"{v} (ms, ratio)" for v in bayes]
+    if page_faults:
+        header += [f"{v} page faults/step" for v in variants]
     if any(memory for *_, memory in rows):
         header += ["peak memory deterministic (MB)"] + [f"{v} memory ratio" for v in bayes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -210,6 +230,8 @@ def _table(rows: list[tuple[str, str, dict[str, float], dict[str, float] | None]
         base = times["deterministic"]
         cells = [config, optimizer_name, f"{base * 1e3:.1f}"]
         cells += [f"{times[v] * 1e3:.1f} ({times[v] / base:.2f})" if v in times else "-" for v in bayes]
+        if page_faults:
+            cells += [f"{times[f'{v} faults']:.0f}" if v in times else "-" for v in variants]
         if memory:
             det = memory["deterministic"]
             cells += [f"{det / 2**20:.0f}"] + [f"{memory[v] / det:.2f}" if v in memory else "-" for v in bayes]
@@ -232,10 +254,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile (inductor, fallback_random=True) the forward + loss + KL")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS, one subprocess per variant")
+    parser.add_argument("--page-faults", action="store_true",
+                        help="also report minor page faults per step (memory the allocator got fresh from the kernel)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc only: keep freed memory in the process (mallopt M_TRIM_THRESHOLD and "
+                        "M_MMAP_THRESHOLD, like the MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ variables), so "
+                        "large temporaries reuse pages instead of faulting in fresh ones every step")
     parser.add_argument("--probe", nargs=3, metavar=("MODEL", "VARIANT", "OPTIMIZER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    if args.keep_freed_memory:
+        _keep_freed_memory()
     if args.probe:
         _probe_memory(*args.probe, args)
         return
@@ -247,11 +277,12 @@ def main(argv: list[str] | None = None) -> None:
             times = _time(config, optimizer_name, args)
             memory = _memory(config, optimizer_name, args) if args.memory else None
             rows.append((config, optimizer_name, times, memory))
-            print(_table(rows[-1:], _variants(config)), flush=True)
+            print(_table(rows[-1:], _variants(config), args.page_faults), flush=True)
     print()
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} timed steps after {args.warmup} "
-          f"warm-up steps, median {args.clock} time per step{', torch.compile (inductor)' if args.compile else ''}")
-    print(_table(rows, variants))
+          f"warm-up steps, median {args.clock} time per step{', torch.compile (inductor)' if args.compile else ''}"
+          f"{', freed memory kept (mallopt)' if args.keep_freed_memory else ''}")
+    print(_table(rows, variants, args.page_faults))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from torchbayesian import _native, _sampling, bnn
 from torchbayesian._native import gaussian as fused
 from torchbayesian._native import random
 from torchbayesian.kl import posterior_kl
+from torchbayesian.priors.gaussian import scalar_gaussian_prior
 
 MODES = {"sample": fused.SAMPLE, "perturbation": fused.PERTURBATION, "variance": fused.VARIANCE}
 
@@ -172,3 +173,36 @@ def test_environment_variable_disables_the_kernels_and_loading_them_keeps_denorm
     assert disabled.stdout.split() == ["disabled", "by", "TORCHBAYESIAN_NATIVE=0", "True"]
     enabled = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert enabled.stdout.split() == ["None", "True"]
+
+
+def test_sample_normal_matches_the_clamped_torch_expression_and_its_gradient() -> None:
+    mean = torch.randn(7, 300).requires_grad_()
+    variance = (torch.rand(7, 300) * 2).requires_grad_()
+    with torch.no_grad():
+        variance[0, :10] = 0.0  # clamped: zero gradient, not NaN
+    out = random.sample_normal(mean, variance)
+    assert type(out.grad_fn).__name__ == "_SampleNormalBackward"
+    upstream = torch.randn(7, 300)
+    grad_mean, grad_variance = torch.autograd.grad((out * upstream).sum(), (mean, variance))
+    std = variance.detach().clamp_min(torch.finfo(torch.float32).tiny).sqrt()
+    eps = (out.detach() - mean.detach()) / std
+    assert stats.kstest(eps[1:].flatten().numpy(), "norm").pvalue > 1e-3
+    torch.testing.assert_close(grad_mean, upstream)
+    expected = torch.where(variance.detach() > 0, upstream * eps / (2 * std), torch.zeros(()))
+    torch.testing.assert_close(grad_variance, expected, rtol=1e-3, atol=1e-4)
+    assert torch.equal(grad_variance[0, :10], torch.zeros(10))
+
+
+def test_scalar_prior_parameters_follow_in_place_changes_of_the_buffers() -> None:
+    prior = bnn.GaussianPrior(0.0, 1.0)
+    assert scalar_gaussian_prior(prior) == (0.0, 1.0)
+    prior.load_state_dict({"loc": torch.tensor(0.5), "scale": torch.tensor(2.0)})
+    assert scalar_gaussian_prior(prior) == (0.5, 2.0)
+    q = bnn.GaussianPosterior.from_param(torch.zeros(50))
+    q.prior = prior
+    expected = kl_divergence(Normal(q.mu, q.sigma), Normal(0.5, 2.0)).sum()
+    torch.testing.assert_close(q.kl_divergence(), expected)
+    with torch.no_grad():
+        prior.scale.fill_(3.0)
+    torch.testing.assert_close(q.kl_divergence(), kl_divergence(Normal(q.mu, q.sigma), Normal(0.5, 3.0)).sum())
+    assert scalar_gaussian_prior(bnn.GaussianPrior(torch.zeros(3), 1.0)) is None

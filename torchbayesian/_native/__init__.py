@@ -84,7 +84,7 @@ def _build() -> Path:
         for arch in (["-march=native"], []):
             compiled = subprocess.run(
                 [compiler, *_COMPILE_FLAGS, *arch, "-c", str(_SOURCE), "-o", str(obj)],
-                capture_output=True, text=True, timeout=120,
+                check=False, capture_output=True, text=True, timeout=120,
             )
             if compiled.returncode == 0:
                 break
@@ -93,7 +93,8 @@ def _build() -> Path:
         # Linked in a separate step without fast-math flags: the compiler driver would otherwise add
         # start-up code that flushes denormals for the whole process.
         linked = subprocess.run(
-            [compiler, "-shared", str(obj), "-o", str(shared), "-lm"], capture_output=True, text=True, timeout=120
+            [compiler, "-shared", str(obj), "-o", str(shared), "-lm"], check=False, capture_output=True, text=True,
+            timeout=120,
         )
         if linked.returncode != 0:
             raise subprocess.SubprocessError(linked.stderr.strip() or f"{compiler} failed to link")
@@ -127,6 +128,8 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.tb_gaussian_backward.argtypes = [
         pointer, pointer, pointer, pointer, pointer, pointer, size, flag, number, number, number,
     ]
-    for function in (library.tb_normal, library.tb_rademacher, library.tb_gaussian_forward, library.tb_gaussian_backward):
+    library.tb_local_reparameterization.argtypes = [pointer, pointer, pointer, pointer, size, seed]
+    for function in (library.tb_normal, library.tb_rademacher, library.tb_local_reparameterization,
+                     library.tb_gaussian_forward, library.tb_gaussian_backward):
         function.restype = None
     return library

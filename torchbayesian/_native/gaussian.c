@@ -165,3 +165,22 @@ void tb_gaussian_backward(const float *mu, const float *rho, const float *eps, c
         }
     }
 }
+
+/* Local reparameterization output: out = mean + sqrt(max(var, tiny)) * eps with fresh eps, and the
+ * derivative of out in var, eps / (2 sqrt(var)) where var >= tiny, else 0 (the clamp's gradient). */
+void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
+                                 uint64_t seed) {
+    const float tiny = 1.17549435e-38f;
+    float eps[BLOCK], std[BLOCK];
+    for (int64_t start = 0; start < n; start += BLOCK) {
+        const int64_t m = n - start < BLOCK ? n - start : BLOCK;
+        const float *mu = mean + start, *v = var + start;
+        float *o = out + start, *s = slope + start;
+        normal_block(eps, start, m, seed);
+        for (int64_t i = 0; i < m; i++) std[i] = sqrtf(v[i] >= tiny ? v[i] : tiny);
+        for (int64_t i = 0; i < m; i++) {
+            o[i] = mu[i] + std[i] * eps[i];
+            s[i] = v[i] >= tiny ? 0.5f * eps[i] / std[i] : 0.0f;
+        }
+    }
+}

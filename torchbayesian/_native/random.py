@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from torchbayesian._native import applies, library
 
-__all__ = ["rademacher", "seed", "standard_normal_like"]
+__all__ = ["rademacher", "sample_normal", "seed", "standard_normal_like"]
 
 
 def standard_normal_like(tensor: Tensor) -> Tensor:
@@ -17,6 +20,35 @@ def standard_normal_like(tensor: Tensor) -> Tensor:
     out = torch.empty_like(tensor)
     library().tb_normal(out.data_ptr(), out.numel(), seed())
     return out
+
+
+def sample_normal(mean: Tensor, variance: Tensor) -> Tensor:
+    """Return ``mean + sqrt(variance) * eps`` with fresh standard normal ``eps``, differentiable in both.
+
+    The variance is clamped below at the dtype's smallest normal number, so an exactly zero variance
+    has a zero (not NaN) gradient.
+    """
+    if variance.shape == mean.shape and applies(mean, variance):
+        return _SampleNormal.apply(mean, variance)
+    std = variance.clamp_min(torch.finfo(variance.dtype).tiny).sqrt()
+    return torch.addcmul(mean, std, torch.randn_like(mean))
+
+
+class _SampleNormal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, mean: Tensor, variance: Tensor) -> Tensor:
+        out, slope = torch.empty_like(mean), torch.empty_like(mean)
+        library().tb_local_reparameterization(
+            mean.data_ptr(), variance.data_ptr(), out.data_ptr(), slope.data_ptr(), mean.numel(), seed()
+        )
+        ctx.save_for_backward(slope)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None]:
+        (slope,) = ctx.saved_tensors
+        return grad, grad * slope if ctx.needs_input_grad[1] else None
 
 
 def rademacher(shape: list[int], like: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from torchbayesian.estimators.base import EstimatorPosterior, Term, channel_view, rademacher
@@ -58,4 +59,5 @@ class FlipoutPosterior(EstimatorPosterior):
         if weight.posterior is None:
             return mean + channel_view(bias_noise, op.channel_dim) * output_signs
         input_signs = rademacher(input, op.channel_dim)
-        return mean + op.apply(input * input_signs, weight.posterior.perturbation(), bias_noise) * output_signs
+        perturbed = op.apply(input * input_signs, weight.posterior.perturbation(), bias_noise)
+        return torch.addcmul(mean, perturbed, output_signs)

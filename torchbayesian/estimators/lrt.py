@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from torchbayesian._native import random
@@ -53,6 +52,4 @@ class LocalReparameterizationPosterior(EstimatorPosterior):
             variance = channel_view(bias_variance, op.channel_dim)
         else:
             variance = op.apply(input.square(), weight.posterior.variance(), bias_variance)
-        # Clamped so that an exactly zero variance (zero inputs) gives a zero, not NaN, gradient.
-        std = variance.clamp_min(torch.finfo(variance.dtype).tiny).sqrt()
-        return torch.addcmul(mean, std, random.standard_normal_like(mean))
+        return random.sample_normal(mean, variance)
