@@ -206,3 +206,22 @@ def test_scalar_prior_parameters_follow_in_place_changes_of_the_buffers() -> Non
         prior.scale.fill_(3.0)
     torch.testing.assert_close(q.kl_divergence(), kl_divergence(Normal(q.mu, q.sigma), Normal(0.5, 3.0)).sum())
     assert scalar_gaussian_prior(bnn.GaussianPrior(torch.zeros(3), 1.0)) is None
+
+
+def test_data_term_and_kl_backpropagate_separately_with_retain_graph_or_outside_a_block() -> None:
+    model = bnn.BayesianModule(torch.nn.Linear(5, 3))
+    x = torch.randn(4, 5)
+    with bnn.reuse_samples():
+        output, kl = model(x), model.kl_divergence()
+    output.sum().backward(retain_graph=True)
+    kl.backward()
+    together = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    output = model(x)  # the forward's own block: the KL below gets its own autograd node
+    output.sum().backward()
+    model.kl_divergence().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # The data term's gradient in mu does not depend on the sample; in rho it does (a new sample).
+    name = "module.parametrizations.weight.0."
+    assert torch.allclose(model.get_parameter(name + "mu").grad, together[name + "mu"])
+    assert not torch.equal(model.get_parameter(name + "rho").grad, together[name + "rho"])
