@@ -126,7 +126,7 @@ def test_bayesian_module_uses_the_fused_kernels_and_reuses_their_kl_in_a_block()
         kept_prior, kept_kl = _sampling.kept(posterior, "kl")
         assert kept_prior is posterior.prior
         assert posterior_kl(posterior) is kept_kl
-        assert type(model.module.weight.grad_fn).__name__ == "_DrawBackward"
+        assert type(model.module.weight.grad_fn).__name__ == "_FusedBackward"
         kl = model.kl_divergence()
     expected = sum(kl_divergence(q.distribution, q.prior.distribution).sum() for _, q in model.posteriors())
     torch.testing.assert_close(kl, expected)
@@ -139,7 +139,7 @@ def test_other_dtypes_use_torch_operations(dtype: torch.dtype) -> None:
     layer = torch.nn.Linear(5, 3).to(dtype)
     bnn.register_posterior(layer, "weight")
     assert not _native.applies(layer.parametrizations.weight[0].mu)
-    assert type(layer.weight.grad_fn).__name__ != "_DrawBackward"
+    assert type(layer.weight.grad_fn).__name__ != "_FusedBackward"
 
 
 def test_vmap_uses_torch_random_numbers() -> None:
@@ -225,3 +225,93 @@ def test_data_term_and_kl_backpropagate_separately_with_retain_graph_or_outside_
     name = "module.parametrizations.weight.0."
     assert torch.allclose(model.get_parameter(name + "mu").grad, together[name + "mu"])
     assert not torch.equal(model.get_parameter(name + "rho").grad, together[name + "rho"])
+
+
+def _mlp_model() -> bnn.BayesianModule:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.Tanh(), torch.nn.Linear(9, 4))
+    return bnn.BayesianModule(net, prior=bnn.GaussianPrior(0.1, 0.5), sigma_init=0.05)
+
+
+def _reference_gradients(model: bnn.BayesianModule, samples: dict, x: torch.Tensor, upstream: torch.Tensor) -> dict:
+    """Gradients of ``(output * upstream).sum() + KL`` in float64 torch, with the kernels' noise."""
+    leaves, kl, weights = {}, 0.0, {}
+    for name, q in model.posteriors():
+        mu = q.mu.detach().double().requires_grad_()
+        rho = q.rho.detach().double().requires_grad_()
+        sigma = F.softplus(rho)
+        eps = (samples[name].detach().double() - mu.detach()) / sigma.detach()
+        weights[name] = mu + sigma * eps
+        kl = kl + kl_divergence(Normal(mu, sigma), Normal(0.1, 0.5)).sum()
+        leaves[name] = (mu, rho)
+    hidden = torch.tanh(F.linear(x.double(), weights["0.weight"], weights["0.bias"]))
+    output = F.linear(hidden, weights["2.weight"], weights["2.bias"])
+    grads = torch.autograd.grad((output * upstream.double()).sum() + kl, [t for pair in leaves.values() for t in pair])
+    return {name: (grads[2 * i], grads[2 * i + 1]) for i, name in enumerate(leaves)}
+
+
+def test_a_forward_draws_all_posteriors_in_one_node_with_correct_gradients() -> None:
+    model = _mlp_model()
+    x, upstream = torch.randn(5, 7), torch.randn(5, 4)
+    with bnn.reuse_samples():
+        output = model(x)
+        samples = {name: q() for name, q in model.posteriors()}
+        nodes = {id(sample.grad_fn) for sample in samples.values()}
+        assert len(nodes) == 1 and type(next(iter(samples.values())).grad_fn).__name__ == "_FusedBackward"
+        kl = model.kl_divergence()
+    (output * upstream).sum().add(kl).backward()
+    expected = _reference_gradients(model, samples, x, upstream)
+    for name, q in model.posteriors():
+        torch.testing.assert_close(q.mu.grad.double(), expected[name][0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(q.rho.grad.double(), expected[name][1], rtol=1e-4, atol=1e-6)
+
+
+def _node_names(tensor: torch.Tensor) -> list[str]:
+    names, stack, seen = [], [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_kl_outside_a_block_is_one_node_matching_torch() -> None:
+    model = _mlp_model()
+    kl = model.kl_divergence()
+    assert _node_names(kl).count("_FusedBackward") == 1
+    kl.backward()
+    for _, q in model.posteriors():
+        mu = q.mu.detach().double().requires_grad_()
+        rho = q.rho.detach().double().requires_grad_()
+        kl_divergence(Normal(mu, F.softplus(rho)), Normal(0.1, 0.5)).sum().backward()
+        torch.testing.assert_close(q.mu.grad.double(), mu.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(q.rho.grad.double(), rho.grad, rtol=1e-4, atol=1e-6)
+    expected = sum(kl_divergence(q.distribution, q.prior.distribution).sum() for _, q in model.posteriors())
+    torch.testing.assert_close(kl, expected)
+
+
+def test_frozen_and_tied_posteriors_in_the_joint_draw() -> None:
+    embedding = torch.nn.Embedding(6, 4)
+    decoder = torch.nn.Linear(4, 6, bias=False)
+    decoder.weight = embedding.weight
+    net = torch.nn.ModuleDict({"embedding": embedding, "decoder": decoder, "extra": torch.nn.Linear(4, 4)})
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.net["decoder"](self.net["extra"](self.net["embedding"](tokens)))
+
+    model = bnn.BayesianModule(Tied())
+    extra = model.module.net["extra"].parametrizations.weight[0]
+    extra.frozen = True
+    with bnn.reuse_samples():
+        model(torch.tensor([1, 2]))
+        assert torch.equal(model.module.net["embedding"].weight, model.module.net["decoder"].weight)
+        assert torch.equal(model.module.net["extra"].weight, extra.mu)
+        assert _sampling.kept(extra, "sample") is None

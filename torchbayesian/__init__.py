@@ -2,6 +2,6 @@
 
 from torchbayesian import bnn
 
-__all__ = ["bnn", "__version__"]
+__all__ = ["__version__", "bnn"]
 
 __version__ = "0.1.0"

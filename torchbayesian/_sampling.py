@@ -64,6 +64,11 @@ def fresh_samples() -> Iterator[None]:
         _depth = depth
 
 
+def active() -> bool:
+    """Whether a `reuse_samples` block is open."""
+    return _depth > 0
+
+
 def keep(key: object, kind: str, value: object) -> None:
     """Store ``value`` for ``(key, kind)`` until the enclosing `reuse_samples` block exits (no-op outside one)."""
     if _depth:

@@ -7,16 +7,24 @@ imported on first access; they are left out of ``__all__`` so that ``import *`` 
 from typing import Any
 
 from torchbayesian._sampling import reuse_samples
+from torchbayesian.calibration import (
+    ReliabilityCurve,
+    brier_score,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_curve,
+    reliability_diagram,
+)
+from torchbayesian.checkpoints import IncompatibleKeys, load_deterministic_state_dict, to_deterministic
+from torchbayesian.debug import detect_anomalies
 from torchbayesian.decorator import bayesian
+from torchbayesian.distributed import seed_per_rank
 from torchbayesian.estimators import (
     FlipoutPosterior,
     LayerOp,
     LocalReparameterizationPosterior,
     register_estimator,
 )
-from torchbayesian.checkpoints import IncompatibleKeys, load_deterministic_state_dict, to_deterministic
-from torchbayesian.debug import detect_anomalies
-from torchbayesian.distributed import seed_per_rank
 from torchbayesian.kl import kl_divergence
 from torchbayesian.layers import (
     GRU,
@@ -36,20 +44,6 @@ from torchbayesian.layers import (
     ModuleList,
     Sequential,
 )
-from torchbayesian.mixin import BayesianMixin
-from torchbayesian.module import BayesianModule, frozen
-from torchbayesian.moped import to_bayesian
-from torchbayesian.posteriors import GaussianPosterior, ScaleMixturePosterior, VariationalPosterior
-from torchbayesian.priors import DistributionPrior, GaussianPrior, LaplacePrior, Prior, ScaleMixturePrior
-from torchbayesian.calibration import (
-    ReliabilityCurve,
-    brier_score,
-    expected_calibration_error,
-    negative_log_likelihood,
-    reliability_curve,
-    reliability_diagram,
-)
-from torchbayesian.kl import kl_divergence
 from torchbayesian.losses import (
     ELBOLoss,
     GaussianNLLLoss,
@@ -59,10 +53,12 @@ from torchbayesian.losses import (
     linear_kl_warmup,
     minibatch_kl_weight,
 )
+from torchbayesian.mixin import BayesianMixin
 from torchbayesian.module import BayesianModule, frozen
-from torchbayesian.posteriors import GaussianPosterior, VariationalPosterior
+from torchbayesian.moped import to_bayesian
+from torchbayesian.posteriors import GaussianPosterior, ScaleMixturePosterior, VariationalPosterior
 from torchbayesian.predict import predict
-from torchbayesian.priors import GaussianPrior, Prior
+from torchbayesian.priors import DistributionPrior, GaussianPrior, LaplacePrior, Prior, ScaleMixturePrior
 from torchbayesian.registration import is_bayesian, posteriors, register_posterior, remove_posterior
 from torchbayesian.uncertainty import (
     AleatoricUncertainty,
@@ -78,6 +74,8 @@ from torchbayesian.uncertainty import (
 )
 
 __all__ = [
+    "GRU",
+    "LSTM",
     "AleatoricUncertainty",
     "BayesianLayer",
     "BayesianMixin",
@@ -97,13 +95,11 @@ __all__ = [
     "Entropy",
     "EpistemicUncertainty",
     "FlipoutPosterior",
-    "GRU",
     "GaussianNLLLoss",
     "GaussianPosterior",
     "GaussianPrior",
     "GaussianUncertainty",
     "IncompatibleKeys",
-    "LSTM",
     "LaplacePrior",
     "LayerOp",
     "Linear",

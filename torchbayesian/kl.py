@@ -53,9 +53,13 @@ def kl_divergence(module: nn.Module, *, num_samples: int | None = None) -> Tenso
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"kl_divergence expects an nn.Module, got {type(module).__name__}.")
+    found = [posterior for _, posterior in posteriors(module)]
+    fused_terms = _fused_kls(found)
     total: Tensor | None = None
-    for _, posterior in posteriors(module):
-        term = posterior_kl(posterior, num_samples=num_samples)
+    for posterior in found:
+        term = fused_terms.get(posterior)
+        if term is None:
+            term = posterior_kl(posterior, num_samples=num_samples)
         check_kl(posterior, term)
         total = term if total is None else total + term
     if total is None:
@@ -63,6 +67,30 @@ def kl_divergence(module: nn.Module, *, num_samples: int | None = None) -> Tenso
         return torch.zeros((), dtype=reference.dtype if reference is not None else None,
                            device=reference.device if reference is not None else None)
     return total
+
+
+def _fused_kls(found: list[VariationalPosterior]) -> dict[VariationalPosterior, Tensor]:
+    """Closed-form KLs of the fused-kernel Gaussian posteriors in ``found`` that have none from this
+    block yet, computed in one autograd node (see `draw_together`)."""
+    if not _native.applies():
+        return {}
+    jobs, owners = [], []
+    for posterior in found:
+        if (
+            not isinstance(posterior, GaussianPosterior)
+            or type(posterior).distribution is not GaussianPosterior.distribution
+            or not _uses_softplus_scale(type(posterior))
+            or _sampling.kept(posterior, "kl") is not None
+        ):
+            continue
+        mu, rho = posterior.mu, posterior.rho
+        scalar = scalar_gaussian_prior(posterior.prior) if _native.applies(mu, rho) else None
+        if scalar is not None:
+            jobs.append(fused.Job(mu, rho, fused.KL_ONLY, scalar))
+            owners.append(posterior)
+    if len(jobs) < 2:
+        return {}
+    return {posterior: kl for posterior, (_, kl) in zip(owners, fused.draw_many(jobs), strict=True)}
 
 
 def posterior_kl(posterior: VariationalPosterior, *, num_samples: int | None = None) -> Tensor:

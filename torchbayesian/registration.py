@@ -18,7 +18,7 @@ from torchbayesian.priors.base import Prior
 from torchbayesian.priors.distribution import DistributionPrior
 from torchbayesian.priors.gaussian import GaussianPrior
 
-__all__ = ["register_posterior", "remove_posterior", "is_bayesian", "posteriors"]
+__all__ = ["is_bayesian", "posteriors", "register_posterior", "remove_posterior"]
 
 PosteriorSpec = type[VariationalPosterior] | VariationalPosterior
 PriorSpec: TypeAlias = (

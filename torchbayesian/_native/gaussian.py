@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -11,11 +12,20 @@ from torch.autograd.function import once_differentiable
 from torchbayesian._native import library
 from torchbayesian._native.random import seed
 
-__all__ = ["PERTURBATION", "SAMPLE", "VARIANCE", "draw", "kl_divergence"]
+__all__ = ["KL_ONLY", "PERTURBATION", "SAMPLE", "VARIANCE", "Job", "draw", "draw_many", "kl_divergence"]
 
-SAMPLE, PERTURBATION, VARIANCE, _KL_ONLY = 0, 1, 2, 3
+SAMPLE, PERTURBATION, VARIANCE, KL_ONLY = 0, 1, 2, 3
 
 ScalarPrior = tuple[float, float]
+
+
+class Job(NamedTuple):
+    """One posterior's work for `draw_many`: its ``mu`` and ``rho``, a mode and an optional scalar prior."""
+
+    mu: Tensor
+    rho: Tensor
+    mode: int
+    prior: ScalarPrior | None
 
 
 def draw(mu: Tensor, rho: Tensor, mode: int, prior: ScalarPrior | None) -> tuple[Tensor, Tensor | None]:
@@ -24,48 +34,67 @@ def draw(mu: Tensor, rho: Tensor, mode: int, prior: ScalarPrior | None) -> tuple
     With ``prior = (loc, scale)`` the same pass also returns the summed ``KL(q || N(loc, scale^2))``;
     both outputs backpropagate to ``mu`` and ``rho`` through one fused backward pass.
     """
-    out, kl = _Draw.apply(mu, rho, mode, prior)
-    return out, kl if prior is not None else None
+    ((out, kl),) = draw_many([Job(mu, rho, mode, prior)])
+    return out, kl
 
 
 def kl_divergence(mu: Tensor, rho: Tensor, prior: ScalarPrior) -> Tensor:
     """Return the summed ``KL(N(mu, softplus(rho)^2) || N(loc, scale^2))`` in one pass."""
-    return _KL.apply(mu, rho, prior)
+    ((_, kl),) = draw_many([Job(mu, rho, KL_ONLY, prior)])
+    return kl
 
 
-class _Draw(torch.autograd.Function):
+def draw_many(jobs: Sequence[Job]) -> list[tuple[Tensor | None, Tensor | None]]:
+    """Run several jobs as one autograd node: ``(output, kl)`` per job, ``None`` where it has none.
+
+    One node instead of one per posterior saves the per-call overhead of autograd, which dominates
+    for the many small tensors (biases, small layers) of a model.
+    """
+    plan = tuple((job.mode, job.prior) for job in jobs)
+    flat = _Fused.apply(plan, *[tensor for job in jobs for tensor in (job.mu, job.rho)])
+    results, position = [], 0
+    for mode, prior in plan:
+        out = kl = None
+        if mode != KL_ONLY:
+            out, position = flat[position], position + 1
+        if prior is not None:
+            kl, position = flat[position], position + 1
+        results.append((out, kl))
+    return results
+
+
+class _Fused(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, mu: Tensor, rho: Tensor, mode: int, prior: ScalarPrior | None) -> tuple[Tensor, Tensor]:
-        out = torch.empty_like(mu)
-        eps = torch.empty_like(mu) if mode != VARIANCE else None
-        kl = _forward(mu, rho, out, eps, mode, prior)
-        ctx.save_for_backward(mu, rho, eps)
-        ctx.mode, ctx.prior = mode, prior
+    def forward(ctx: Any, plan: tuple[tuple[int, ScalarPrior | None], ...], *tensors: Tensor) -> tuple[Tensor, ...]:
+        outputs, saved = [], []
+        for index, (mode, prior) in enumerate(plan):
+            mu, rho = tensors[2 * index], tensors[2 * index + 1]
+            out = None if mode == KL_ONLY else torch.empty_like(mu)
+            eps = torch.empty_like(mu) if mode in (SAMPLE, PERTURBATION) else None
+            kl = _forward(mu, rho, out, eps, mode, prior)
+            outputs += [tensor for tensor in (out, kl if prior is not None else None) if tensor is not None]
+            saved += [mu, rho, eps]
+        ctx.save_for_backward(*saved)
+        ctx.plan = plan
         ctx.set_materialize_grads(False)
-        return out, kl
+        return tuple(outputs)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor | None, grad_kl: Tensor | None) -> tuple[Tensor | None, ...]:
-        mu, rho, eps = ctx.saved_tensors
-        grad_mu, grad_rho = _backward(ctx, mu, rho, eps, ctx.mode, grad_out, grad_kl)
-        return grad_mu, grad_rho, None, None
-
-
-class _KL(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, mu: Tensor, rho: Tensor, prior: ScalarPrior) -> Tensor:
-        kl = _forward(mu, rho, None, None, _KL_ONLY, prior)
-        ctx.save_for_backward(mu, rho)
-        ctx.prior = prior
-        return kl
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_kl: Tensor) -> tuple[Tensor | None, ...]:
-        mu, rho = ctx.saved_tensors
-        grad_mu, grad_rho = _backward(ctx, mu, rho, None, _KL_ONLY, None, grad_kl)
-        return grad_mu, grad_rho, None
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        result: list[Tensor | None] = [None]
+        position = 0
+        for index, (mode, prior) in enumerate(ctx.plan):
+            grad_out = grad_kl = None
+            if mode != KL_ONLY:
+                grad_out, position = grads[position], position + 1
+            if prior is not None:
+                grad_kl, position = grads[position], position + 1
+            mu, rho, eps = saved[3 * index: 3 * index + 3]
+            needs = ctx.needs_input_grad[1 + 2 * index], ctx.needs_input_grad[2 + 2 * index]
+            result += _backward(needs, prior, mu, rho, eps, mode, grad_out, grad_kl)
+        return tuple(result)
 
 
 def _forward(
@@ -81,9 +110,10 @@ def _forward(
 
 
 def _backward(
-    ctx: Any, mu: Tensor, rho: Tensor, eps: Tensor | None, mode: int, grad_out: Tensor | None, grad_kl: Tensor | None
+    needs: tuple[bool, bool], prior: ScalarPrior | None, mu: Tensor, rho: Tensor, eps: Tensor | None, mode: int,
+    grad_out: Tensor | None, grad_kl: Tensor | None,
 ) -> tuple[Tensor | None, Tensor | None]:
-    need_mu, need_rho = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_mu, need_rho = needs
     kl_grad = 0.0 if grad_kl is None else float(grad_kl)
     if grad_out is not None:
         grad_out = grad_out.contiguous()
@@ -96,7 +126,7 @@ def _backward(
     grad_mu = torch.empty_like(mu) if need_mu and not pass_through else None
     grad_rho = torch.empty_like(rho) if need_rho else None
     if grad_mu is not None or grad_rho is not None:
-        loc, scale = ctx.prior if ctx.prior is not None else (0.0, 1.0)
+        loc, scale = prior if prior is not None else (0.0, 1.0)
         library().tb_gaussian_backward(
             mu.data_ptr(), rho.data_ptr(), _pointer(eps), _pointer(grad_out), _pointer(grad_mu),
             _pointer(grad_rho), mu.numel(), mode, kl_grad, loc, scale * scale,

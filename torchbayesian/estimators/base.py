@@ -129,17 +129,15 @@ class EstimatorPosterior(GaussianPosterior):
 
     def perturbation(self) -> Tensor:
         """Return ``sigma * eps``: the weight noise, drawn once per `reuse_samples` block."""
-        # Keyed on ``rho``, not on the posterior itself, so that reading ``layer.weight`` in the
-        # same block still returns a full weight sample.
+        # Its own kind, so that reading ``layer.weight`` in the same block still returns a full sample.
         return _sampling.draw(
-            self.rho, lambda: self._fused_or(fused.PERTURBATION, lambda: self.sigma * torch.randn_like(self.mu))
+            self, lambda: self._fused_or(fused.PERTURBATION, lambda: self.sigma * torch.randn_like(self.mu)),
+            "perturbation",
         )
 
     def variance(self) -> Tensor:
         """Return ``sigma**2``, computed once per `reuse_samples` block."""
-        return _sampling.draw(
-            self.rho, lambda: self._fused_or(fused.VARIANCE, lambda: self.sigma.square()), "variance"
-        )
+        return _sampling.draw(self, lambda: self._fused_or(fused.VARIANCE, lambda: self.sigma.square()), "variance")
 
 
 class _EstimatorForward:

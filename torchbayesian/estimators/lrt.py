@@ -43,6 +43,8 @@ class LocalReparameterizationPosterior(EstimatorPosterior):
         torch.Size([2, 4, 8, 8])
     """
 
+    _fused_kind = "variance"
+
     @classmethod
     def estimate(cls, op: LayerOp, input: Tensor, weight: Term, bias: Term) -> Tensor:
         """Return ``f(x; mu) + sqrt(f(x**2; sigma**2)) * eps``; see the class docstring."""

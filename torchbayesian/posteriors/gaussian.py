@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torchbayesian._native import gaussian as fused
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.priors.gaussian import scalar_gaussian_prior
 
-__all__ = ["GaussianPosterior"]
+__all__ = ["GaussianPosterior", "draw_together"]
 
 Init = float | Tensor | Callable[[Tensor], Tensor | None]
 
@@ -59,6 +59,10 @@ class GaussianPosterior(VariationalPosterior):
         >>> q.sigma.allclose(torch.full((2, 3), 0.1))
         True
     """
+
+    # What a forward pass reads from this posterior, drawn ahead by `draw_together`:
+    # "sample", "perturbation" (sigma * eps) or "variance" (sigma ** 2).
+    _fused_kind: ClassVar[str] = "sample"
 
     def __init__(
         self,
@@ -161,6 +165,39 @@ class GaussianPosterior(VariationalPosterior):
     def set_mean_(self, value: Tensor) -> None:
         """Copy ``value`` into ``mu``."""
         self.mu.copy_(value)
+
+
+_MODES = {"sample": fused.SAMPLE, "perturbation": fused.PERTURBATION, "variance": fused.VARIANCE}
+
+
+def draw_together(posteriors: Iterable[VariationalPosterior]) -> None:
+    """Draw every fused-kernel Gaussian posterior among ``posteriors`` in one autograd node.
+
+    Inside a `reuse_samples` block, where the forward pass then finds the draws; a no-op elsewhere,
+    and where the fused CPU kernels do not apply. One node for all tensors saves the per-tensor
+    overhead of autograd, which dominates for the many small tensors of a model.
+    """
+    if not (_sampling.active() and _native.applies()):
+        return
+    jobs, slots = [], []
+    for posterior in posteriors:
+        if not isinstance(posterior, GaussianPosterior) or posterior.frozen:
+            continue
+        kind = posterior._fused_kind
+        mu, rho = posterior.mu, posterior.rho
+        if (
+            _uses_softplus_scale(type(posterior))
+            and _native.applies(mu, rho)
+            and _sampling.kept(posterior, kind) is None
+        ):
+            jobs.append(fused.Job(mu, rho, _MODES[kind], scalar_gaussian_prior(posterior.prior)))
+            slots.append((posterior, kind))
+    if len(jobs) < 2:
+        return
+    for (posterior, kind), (out, kl) in zip(slots, fused.draw_many(jobs), strict=True):
+        _sampling.keep(posterior, kind, out)
+        if kl is not None:
+            _sampling.keep(posterior, "kl", (posterior.prior, kl))
 
 
 @functools.cache
