@@ -16,7 +16,7 @@ from torchbayesian import _native, _sampling, bnn
 from torchbayesian._native import gaussian as fused
 from torchbayesian._native import random
 from torchbayesian.kl import posterior_kl
-from torchbayesian.priors.gaussian import scalar_gaussian_prior
+from torchbayesian.priors.gaussian import _scalar_gaussian_prior
 
 MODES = {"sample": fused.SAMPLE, "perturbation": fused.PERTURBATION, "variance": fused.VARIANCE}
 
@@ -195,9 +195,9 @@ def test_sample_normal_matches_the_clamped_torch_expression_and_its_gradient() -
 
 def test_scalar_prior_parameters_follow_in_place_changes_of_the_buffers() -> None:
     prior = bnn.GaussianPrior(0.0, 1.0)
-    assert scalar_gaussian_prior(prior) == (0.0, 1.0)
+    assert _scalar_gaussian_prior(prior) == (0.0, 1.0)
     prior.load_state_dict({"loc": torch.tensor(0.5), "scale": torch.tensor(2.0)})
-    assert scalar_gaussian_prior(prior) == (0.5, 2.0)
+    assert _scalar_gaussian_prior(prior) == (0.5, 2.0)
     q = bnn.GaussianPosterior.from_param(torch.zeros(50))
     q.prior = prior
     expected = kl_divergence(Normal(q.mu, q.sigma), Normal(0.5, 2.0)).sum()
@@ -205,7 +205,7 @@ def test_scalar_prior_parameters_follow_in_place_changes_of_the_buffers() -> Non
     with torch.no_grad():
         prior.scale.fill_(3.0)
     torch.testing.assert_close(q.kl_divergence(), kl_divergence(Normal(q.mu, q.sigma), Normal(0.5, 3.0)).sum())
-    assert scalar_gaussian_prior(bnn.GaussianPrior(torch.zeros(3), 1.0)) is None
+    assert _scalar_gaussian_prior(bnn.GaussianPrior(torch.zeros(3), 1.0)) is None
 
 
 def test_data_term_and_kl_backpropagate_separately_with_retain_graph_or_outside_a_block() -> None:

@@ -16,7 +16,7 @@ from torchbayesian._native import gaussian as fused
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.posteriors.gaussian import GaussianPosterior, _uses_softplus_scale
 from torchbayesian.priors.base import Prior
-from torchbayesian.priors.gaussian import GaussianPrior, scalar_gaussian_prior
+from torchbayesian.priors.gaussian import GaussianPrior, _scalar_gaussian_prior
 
 __all__ = ["kl_divergence"]
 
@@ -71,7 +71,7 @@ def kl_divergence(module: nn.Module, *, num_samples: int | None = None) -> Tenso
 
 def _fused_kls(found: list[VariationalPosterior]) -> dict[VariationalPosterior, Tensor]:
     """Closed-form KLs of the fused-kernel Gaussian posteriors in ``found`` that have none from this
-    block yet, computed in one autograd node (see `draw_together`)."""
+    block yet, computed in one autograd node (see `_draw_together`)."""
     if not _native.applies():
         return {}
     jobs, owners = [], []
@@ -84,7 +84,7 @@ def _fused_kls(found: list[VariationalPosterior]) -> dict[VariationalPosterior, 
         ):
             continue
         mu, rho = posterior.mu, posterior.rho
-        scalar = scalar_gaussian_prior(posterior.prior) if _native.applies(mu, rho) else None
+        scalar = _scalar_gaussian_prior(posterior.prior) if _native.applies(mu, rho) else None
         if scalar is not None:
             jobs.append(fused.Job(mu, rho, fused.KL_ONLY, scalar))
             owners.append(posterior)
@@ -167,7 +167,7 @@ def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
     if kept is not None and kept[0] is prior:
         return kept[1]
     if _native.applies(posterior.mu, posterior.rho) and _uses_softplus_scale(type(posterior)):
-        scalar = scalar_gaussian_prior(prior)
+        scalar = _scalar_gaussian_prior(prior)
         if scalar is not None:
             return fused.kl_divergence(posterior.mu, posterior.rho, scalar)
     mu, sigma, loc, scale = posterior.mu, posterior.sigma, prior.loc, prior.scale

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -16,9 +16,9 @@ from torchbayesian import _native, _sampling
 from torchbayesian._math import softplus_inverse
 from torchbayesian._native import gaussian as fused
 from torchbayesian.posteriors.base import VariationalPosterior
-from torchbayesian.priors.gaussian import scalar_gaussian_prior
+from torchbayesian.priors.gaussian import _scalar_gaussian_prior
 
-__all__ = ["GaussianPosterior", "draw_together"]
+__all__ = ["GaussianPosterior"]
 
 Init = float | Tensor | Callable[[Tensor], Tensor | None]
 
@@ -60,7 +60,7 @@ class GaussianPosterior(VariationalPosterior):
         True
     """
 
-    # What a forward pass reads from this posterior, drawn ahead by `draw_together`:
+    # What a forward pass reads from this posterior, drawn ahead by `_draw_together`:
     # "sample", "perturbation" (sigma * eps) or "variance" (sigma ** 2).
     _fused_kind: ClassVar[str] = "sample"
 
@@ -156,7 +156,7 @@ class GaussianPosterior(VariationalPosterior):
         """
         if not (_native.applies(self.mu, self.rho) and _uses_softplus_scale(type(self))):
             return compute()
-        prior = scalar_gaussian_prior(self.prior)
+        prior = _scalar_gaussian_prior(self.prior)
         out, kl = fused.draw(self.mu, self.rho, mode, prior)
         if kl is not None:
             _sampling.keep(self, "kl", (self.prior, kl))
@@ -170,17 +170,20 @@ class GaussianPosterior(VariationalPosterior):
 _MODES = {"sample": fused.SAMPLE, "perturbation": fused.PERTURBATION, "variance": fused.VARIANCE}
 
 
-def draw_together(posteriors: Iterable[VariationalPosterior]) -> None:
-    """Draw every fused-kernel Gaussian posterior among ``posteriors`` in one autograd node.
+def _draw_together(module: nn.Module) -> None:
+    """Draw every fused-kernel Gaussian posterior of ``module`` in one autograd node.
 
     Inside a `reuse_samples` block, where the forward pass then finds the draws; a no-op elsewhere,
-    and where the fused CPU kernels do not apply. One node for all tensors saves the per-tensor
-    overhead of autograd, which dominates for the many small tensors of a model.
+    and where the fused CPU kernels do not apply (``torch.compile`` never traces past the first
+    check). One node for all tensors saves the per-tensor overhead of autograd, which dominates for
+    the many small tensors of a model.
     """
     if not (_sampling.active() and _native.applies()):
         return
+    from torchbayesian.registration import posteriors
+
     jobs, slots = [], []
-    for posterior in posteriors:
+    for _, posterior in posteriors(module):
         if not isinstance(posterior, GaussianPosterior) or posterior.frozen:
             continue
         kind = posterior._fused_kind
@@ -190,7 +193,7 @@ def draw_together(posteriors: Iterable[VariationalPosterior]) -> None:
             and _native.applies(mu, rho)
             and _sampling.kept(posterior, kind) is None
         ):
-            jobs.append(fused.Job(mu, rho, _MODES[kind], scalar_gaussian_prior(posterior.prior)))
+            jobs.append(fused.Job(mu, rho, _MODES[kind], _scalar_gaussian_prior(posterior.prior)))
             slots.append((posterior, kind))
     if len(jobs) < 2:
         return

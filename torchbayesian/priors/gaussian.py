@@ -8,7 +8,7 @@ from torch.distributions import Normal
 
 from torchbayesian.priors.base import Prior, as_buffer
 
-__all__ = ["GaussianPrior", "scalar_gaussian_prior"]
+__all__ = ["GaussianPrior"]
 
 
 class GaussianPrior(Prior):
@@ -56,7 +56,7 @@ class GaussianPrior(Prior):
         return f"loc={self.loc.item():g}, scale={self.scale.item():g}"
 
 
-def scalar_gaussian_prior(prior: object) -> tuple[float, float] | None:
+def _scalar_gaussian_prior(prior: object) -> tuple[float, float] | None:
     """Return ``(loc, scale)`` of a `GaussianPrior` with scalar, fixed (no-gradient) parameters, else ``None``."""
     if not isinstance(prior, GaussianPrior) or type(prior).distribution is not GaussianPrior.distribution:
         return None
