@@ -315,3 +315,28 @@ def test_frozen_and_tied_posteriors_in_the_joint_draw() -> None:
         assert torch.equal(model.module.net["embedding"].weight, model.module.net["decoder"].weight)
         assert torch.equal(model.module.net["extra"].weight, extra.mu)
         assert _sampling.kept(extra, "sample") is None
+
+
+@pytest.mark.parametrize("mode", sorted(MODES.values()))
+def test_splitting_between_threads_changes_no_random_number(mode: int) -> None:
+    n = 3 * 65536 + 777  # three spans of whole blocks and a ragged end
+    mu = torch.randn(n).requires_grad_()
+    rho = (torch.rand(n) * 4 - 6).requires_grad_()
+    upstream = torch.randn(n)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 4):
+            torch.set_num_threads(count)
+            torch.manual_seed(11)
+            out, kl = fused.draw(mu, rho, mode, (0.0, 1.0))
+            noise = random.standard_normal_like(torch.empty(n))
+            grads = torch.autograd.grad((out * upstream).sum() + kl, (mu, rho), allow_unused=True)
+            results.append((out, kl, noise, grads))
+    finally:
+        torch.set_num_threads(threads)
+    (out1, kl1, noise1, grads1), (out4, kl4, noise4, grads4) = results
+    assert torch.equal(out1, out4) and torch.equal(noise1, noise4)
+    torch.testing.assert_close(kl1, kl4)
+    for one, four in zip(grads1, grads4, strict=True):
+        assert (one is None and four is None) or torch.equal(one, four)

@@ -17,20 +17,25 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["applies", "library", "unavailable_reason"]
+__all__ = ["address", "applies", "library", "split", "unavailable_reason"]
 
 _SOURCE = Path(__file__).with_name("gaussian.c")
 _COMPILE_FLAGS = (
     "-O3", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math",
 )
 _PLAIN_TYPES = (Tensor, nn.Parameter)
+_BLOCK = 512  # the kernels' block (BLOCK in gaussian.c): threads split tensors at multiples of it
+_MIN_ELEMENTS_PER_THREAD = 1 << 16
 
 _library: ctypes.CDLL | None = None
+_executor: tuple[int, ThreadPoolExecutor] | None = None
 _reason: str | None = None
 _loaded = False
 
@@ -63,6 +68,36 @@ def library() -> ctypes.CDLL | None:
             except (OSError, subprocess.SubprocessError) as error:
                 _reason = f"could not build the C kernels: {error}"
     return _library
+
+
+def address(tensor: Tensor | None, offset: int = 0) -> int | None:
+    """Address of element ``offset`` of a contiguous ``tensor``; ``None`` for ``None``."""
+    return None if tensor is None else tensor.data_ptr() + offset * tensor.element_size()
+
+
+def split(n: int, call: Callable[[int, int, int], object]) -> int:
+    """Run ``call(index, offset, count)`` over the elements ``[0, n)``, split between torch's threads.
+
+    Spans start at multiples of the kernels' block, so every split draws the same random numbers;
+    ``index`` numbers the spans. Returns the number of spans. The kernels release the GIL, so the
+    spans run in parallel on a thread pool (the calling thread takes the first).
+    """
+    threads = max(1, min(torch.get_num_threads(), n // _MIN_ELEMENTS_PER_THREAD))
+    per_thread = -(-n // threads)
+    size = max(_BLOCK, -(-per_thread // _BLOCK) * _BLOCK)
+    spans = [(index, offset, min(size, n - offset)) for index, offset in enumerate(range(0, n, size))] or [(0, 0, 0)]
+    pending = [_pool().submit(call, *span) for span in spans[1:]]
+    call(*spans[0])
+    for future in pending:
+        future.result()
+    return len(spans)
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None or _executor[0] != os.getpid():  # a forked child gets a pool of its own
+        _executor = os.getpid(), ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="torchbayesian")
+    return _executor[1]
 
 
 def unavailable_reason() -> str | None:
@@ -120,15 +155,15 @@ def _machine() -> str:
 
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     pointer, size, seed, flag, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float
-    library.tb_normal.argtypes = [pointer, size, seed]
-    library.tb_rademacher.argtypes = [pointer, size, seed]
+    library.tb_normal.argtypes = [pointer, size, seed, size]
+    library.tb_rademacher.argtypes = [pointer, size, seed, size]
+    library.tb_local_reparameterization.argtypes = [pointer, pointer, pointer, pointer, size, seed, size]
     library.tb_gaussian_forward.argtypes = [
-        pointer, pointer, pointer, pointer, size, flag, seed, number, number, pointer,
+        pointer, pointer, pointer, pointer, size, flag, seed, size, number, pointer,
     ]
     library.tb_gaussian_backward.argtypes = [
         pointer, pointer, pointer, pointer, pointer, pointer, size, flag, number, number, number,
     ]
-    library.tb_local_reparameterization.argtypes = [pointer, pointer, pointer, pointer, size, seed]
     for function in (library.tb_normal, library.tb_rademacher, library.tb_local_reparameterization,
                      library.tb_gaussian_forward, library.tb_gaussian_backward):
         function.restype = None

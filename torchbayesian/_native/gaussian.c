@@ -69,17 +69,21 @@ static void softplus_block(const float *rho, float *sigma, float *slope, int64_t
         for (int64_t i = 0; i < m; i++) slope[i] = e[i] / (1.0f + e[i]);
 }
 
-void tb_normal(float *out, int64_t n, uint64_t seed) {
+/* Every kernel below works on elements [offset, offset + n) of a tensor (the pointers point at
+ * element offset), so a tensor can be split between threads at offsets that are multiples of
+ * BLOCK; the random numbers depend on the element's index only, not on the split. */
+
+void tb_normal(float *out, int64_t n, uint64_t seed, int64_t offset) {
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
-        normal_block(out + start, start, m, seed);
+        normal_block(out + start, offset + start, m, seed);
     }
 }
 
 /* Random signs: +1 or -1 with equal probability, one bit of a SplitMix64 output each. */
-void tb_rademacher(float *out, int64_t n, uint64_t seed) {
+void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
     for (int64_t start = 0; start < n; start += 64) {
-        const uint64_t z = splitmix64(seed + (uint64_t)(start / 64 + 1) * 0x9E3779B97F4A7C15ULL);
+        const uint64_t z = splitmix64(seed + (uint64_t)((offset + start) / 64 + 1) * 0x9E3779B97F4A7C15ULL);
         const int64_t m = n - start < 64 ? n - start : 64;
         float *o = out + start;
         for (int64_t i = 0; i < m; i++) o[i] = (float)(int)((z >> i) & 1u) * 2.0f - 1.0f;
@@ -87,9 +91,10 @@ void tb_rademacher(float *out, int64_t n, uint64_t seed) {
 }
 
 /* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode; eps is written for the first two.
- * With kl != NULL, also *kl = sum KL(N(mu, sigma^2) || N(loc, prior_var)). */
+ * With sums != NULL, also the sums the KL divergence to N(loc, scale^2) needs: sums[0] = sum sigma^2,
+ * sums[1] = sum (mu - loc)^2, sums[2] = sum log sigma. */
 void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, int mode,
-                         uint64_t seed, float loc, float prior_var, float *kl) {
+                         uint64_t seed, int64_t offset, float loc, double *sums) {
     double total_square = 0.0, total_deviation = 0.0, total_log = 0.0;
     float sigma[BLOCK], logs[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
@@ -98,7 +103,7 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *e
         softplus_block(r, sigma, NULL, m);
         if (mode == OUT_SAMPLE || mode == OUT_PERTURBATION) {
             float *e = eps + start, *o = out + start;
-            normal_block(e, start, m, seed);
+            normal_block(e, offset + start, m, seed);
             if (mode == OUT_SAMPLE) {
                 const float *mean = mu + start;
                 for (int64_t i = 0; i < m; i++) o[i] = mean[i] + sigma[i] * e[i];
@@ -109,7 +114,7 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *e
             float *o = out + start;
             for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * sigma[i];
         }
-        if (kl) {
+        if (sums) {
             const float *mean = mu + start;
             float square = 0.0f, deviation = 0.0f, log_sum = 0.0f;
             for (int64_t i = 0; i < m; i++) logs[i] = logf(sigma[i]);
@@ -124,9 +129,11 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *e
             total_log += log_sum;
         }
     }
-    if (kl)
-        *kl = (float)((total_square + total_deviation) / (2.0 * prior_var) - total_log
-                      + (double)n * (0.5 * log((double)prior_var) - 0.5));
+    if (sums) {
+        sums[0] = total_square;
+        sums[1] = total_deviation;
+        sums[2] = total_log;
+    }
 }
 
 /* Gradients of out (by mode, with upstream grad_out, may be NULL) plus kl_grad * KL, where
@@ -169,14 +176,14 @@ void tb_gaussian_backward(const float *mu, const float *rho, const float *eps, c
 /* Local reparameterization output: out = mean + sqrt(max(var, tiny)) * eps with fresh eps, and the
  * derivative of out in var, eps / (2 sqrt(var)) where var >= tiny, else 0 (the clamp's gradient). */
 void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
-                                 uint64_t seed) {
+                                 uint64_t seed, int64_t offset) {
     const float tiny = 1.17549435e-38f;
     float eps[BLOCK], std[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
         const float *mu = mean + start, *v = var + start;
         float *o = out + start, *s = slope + start;
-        normal_block(eps, start, m, seed);
+        normal_block(eps, offset + start, m, seed);
         for (int64_t i = 0; i < m; i++) std[i] = sqrtf(v[i] >= tiny ? v[i] : tiny);
         for (int64_t i = 0; i < m; i++) {
             o[i] = mu[i] + std[i] * eps[i];

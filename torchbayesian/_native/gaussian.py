@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from torchbayesian._native import library
+from torchbayesian._native import address, library, split
 from torchbayesian._native.random import seed
 
 __all__ = ["KL_ONLY", "PERTURBATION", "SAMPLE", "VARIANCE", "Job", "draw", "draw_many", "kl_divergence"]
@@ -101,12 +102,21 @@ def _forward(
     mu: Tensor, rho: Tensor, out: Tensor | None, eps: Tensor | None, mode: int, prior: ScalarPrior | None
 ) -> Tensor:
     loc, scale = prior if prior is not None else (0.0, 1.0)
-    kl = mu.new_zeros(()) if prior is None else torch.empty((), dtype=mu.dtype)
-    library().tb_gaussian_forward(
-        mu.data_ptr(), rho.data_ptr(), _pointer(out), _pointer(eps), mu.numel(), mode, seed(), loc, scale * scale,
-        None if prior is None else kl.data_ptr(),
-    )
-    return kl
+    sums = None if prior is None else torch.zeros(torch.get_num_threads(), 3, dtype=torch.float64)
+    draw_seed = seed()
+
+    def call(index: int, offset: int, count: int) -> None:
+        library().tb_gaussian_forward(
+            address(mu, offset), address(rho, offset), address(out, offset), address(eps, offset), count, mode,
+            draw_seed, offset, loc, None if sums is None else sums[index].data_ptr(),
+        )
+
+    split(mu.numel(), call)
+    if sums is None:
+        return mu.new_zeros(())
+    square, deviation, log_sigma = sums.sum(0).tolist()
+    value = (square + deviation) / (2 * scale * scale) - log_sigma + mu.numel() * (math.log(scale) - 0.5)
+    return torch.tensor(value, dtype=mu.dtype)
 
 
 def _backward(
@@ -127,14 +137,14 @@ def _backward(
     grad_rho = torch.empty_like(rho) if need_rho else None
     if grad_mu is not None or grad_rho is not None:
         loc, scale = prior if prior is not None else (0.0, 1.0)
-        library().tb_gaussian_backward(
-            mu.data_ptr(), rho.data_ptr(), _pointer(eps), _pointer(grad_out), _pointer(grad_mu),
-            _pointer(grad_rho), mu.numel(), mode, kl_grad, loc, scale * scale,
-        )
+
+        def call(index: int, offset: int, count: int) -> None:
+            library().tb_gaussian_backward(
+                address(mu, offset), address(rho, offset), address(eps, offset), address(grad_out, offset),
+                address(grad_mu, offset), address(grad_rho, offset), count, mode, kl_grad, loc, scale * scale,
+            )
+
+        split(mu.numel(), call)
     if need_mu and pass_through:
         grad_mu = grad_out
     return grad_mu, grad_rho
-
-
-def _pointer(tensor: Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()

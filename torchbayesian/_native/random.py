@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from torchbayesian._native import applies, library
+from torchbayesian._native import address, applies, library, split
 
 __all__ = ["rademacher", "sample_normal", "seed", "standard_normal_like"]
 
@@ -18,7 +18,8 @@ def standard_normal_like(tensor: Tensor) -> Tensor:
     if not applies(tensor):
         return torch.randn_like(tensor)
     out = torch.empty_like(tensor)
-    library().tb_normal(out.data_ptr(), out.numel(), seed())
+    draw_seed = seed()
+    split(out.numel(), lambda index, offset, count: library().tb_normal(address(out, offset), count, draw_seed, offset))
     return out
 
 
@@ -38,9 +39,14 @@ class _SampleNormal(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, mean: Tensor, variance: Tensor) -> Tensor:
         out, slope = torch.empty_like(mean), torch.empty_like(mean)
-        library().tb_local_reparameterization(
-            mean.data_ptr(), variance.data_ptr(), out.data_ptr(), slope.data_ptr(), mean.numel(), seed()
-        )
+        draw_seed = seed()
+
+        def call(index: int, offset: int, count: int) -> None:
+            library().tb_local_reparameterization(
+                address(mean, offset), address(variance, offset), address(out, offset), address(slope, offset), count, draw_seed, offset
+            )
+
+        split(mean.numel(), call)
         ctx.save_for_backward(slope)
         return out
 
@@ -57,7 +63,7 @@ def rademacher(shape: list[int], like: Tensor) -> Tensor:
         signs = torch.randint(0, 2, shape, dtype=like.dtype, device=like.device)
         return signs.mul_(2).sub_(1)
     out = torch.empty(shape, dtype=like.dtype)
-    library().tb_rademacher(out.data_ptr(), out.numel(), seed())
+    library().tb_rademacher(out.data_ptr(), out.numel(), seed(), 0)
     return out
 
 
