@@ -81,6 +81,20 @@ def test_sample_elbo_averages_data_and_weighted_kl():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_sample_elbo_draws_a_new_sample_per_term_inside_an_outer_block():
+    model = _model()
+    outputs = []
+
+    def criterion(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        outputs.append(output.detach())
+        return (output - target).pow(2).mean()
+
+    with bnn.reuse_samples():
+        model.sample_elbo(torch.randn(4, 3), torch.randn(4, 2), criterion, num_samples=3)
+    assert len(outputs) == 3
+    assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[1], outputs[2])
+
+
 def test_sample_elbo_decreases_when_training():
     torch.manual_seed(0)
     model = bnn.Sequential(bnn.Linear(1, 16, prior_pi=1.0, prior_sigma_1=1.0), nn.Tanh(),
