@@ -48,6 +48,7 @@ def test_python_blocks_are_found() -> None:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(ROOT)) for page in PAGES])
+@pytest.mark.usefixtures("one_thread")
 def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = page.read_text()
     blocks = python_blocks(text)
@@ -58,15 +59,10 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert reason is None or reason.strip(), f"{page.name}:{line}: a skipped block must say why."
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the examples use tiny models, for which extra threads only add overhead
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
-    try:
-        for line, code, reason in blocks:
-            if reason is None:
-                exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)  # noqa: S102
-    finally:
-        torch.set_num_threads(threads)
+    for line, code, reason in blocks:
+        if reason is None:
+            exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)  # noqa: S102
 
 
 def test_site_builds_strictly(site: Path) -> None:

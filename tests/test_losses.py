@@ -13,12 +13,7 @@ from torchbayesian import bnn
 SETTINGS = settings(max_examples=20, deadline=None)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_kl_weight_mean_and_sum():

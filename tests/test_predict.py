@@ -10,12 +10,7 @@ from torchbayesian import predict as predict_module
 PATHS = [True, False]  # vectorize=True (vmap) and vectorize=False (loop)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(sigma: float = 0.3) -> bnn.BayesianModule:

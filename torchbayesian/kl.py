@@ -14,9 +14,9 @@ from torch.distributions import kl_divergence as _distribution_kl
 from torchbayesian import _native, _sampling
 from torchbayesian._native import gaussian as fused
 from torchbayesian.posteriors.base import VariationalPosterior
-from torchbayesian.posteriors.gaussian import GaussianPosterior, _uses_softplus_scale
+from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.priors.base import Prior
-from torchbayesian.priors.gaussian import GaussianPrior, _scalar_gaussian_prior
+from torchbayesian.priors.gaussian import GaussianPrior
 
 __all__ = ["kl_divergence"]
 
@@ -76,18 +76,11 @@ def _fused_kls(found: list[VariationalPosterior]) -> dict[VariationalPosterior, 
         return {}
     jobs, owners = [], []
     for posterior in found:
-        if (
-            not isinstance(posterior, GaussianPosterior)
-            or type(posterior).distribution is not GaussianPosterior.distribution
-            or not _uses_softplus_scale(type(posterior))
-            or _sampling.kept(posterior, "kl") is not None
-        ):
-            continue
-        mu, rho = posterior.mu, posterior.rho
-        scalar = _scalar_gaussian_prior(posterior.prior) if _native.applies(mu, rho) else None
-        if scalar is not None:
-            jobs.append(fused.Job(mu, rho, fused.KL_ONLY, scalar))
-            owners.append(posterior)
+        if isinstance(posterior, GaussianPosterior) and _sampling.kept(posterior, "kl") is None:
+            job = posterior._fused_job(fused.KL_ONLY)
+            if job is not None:
+                jobs.append(job)
+                owners.append(posterior)
     if len(jobs) < 2:
         return {}
     return {posterior: kl for posterior, (_, kl) in zip(owners, fused.draw_many(jobs), strict=True)}
@@ -166,10 +159,9 @@ def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
     kept = _sampling.kept(posterior, "kl")
     if kept is not None and kept[0] is prior:
         return kept[1]
-    if _native.applies(posterior.mu, posterior.rho) and _uses_softplus_scale(type(posterior)):
-        scalar = _scalar_gaussian_prior(prior)
-        if scalar is not None:
-            return fused.kl_divergence(posterior.mu, posterior.rho, scalar)
+    job = posterior._fused_job(fused.KL_ONLY)
+    if job is not None:
+        return fused.kl_divergence(job.mu, job.rho, job.prior)
     mu, sigma, loc, scale = posterior.mu, posterior.sigma, prior.loc, prior.scale
     plain = type(mu.data) is Tensor  # tensor subclasses (e.g. FSDP's DTensor) take the generic expression
     if plain and loc.numel() == 1 and scale.numel() == 1 and loc.dim() <= mu.dim() and scale.dim() <= mu.dim():

@@ -73,13 +73,6 @@ static void softplus_block(const float *rho, float *sigma, float *slope, int64_t
  * element offset), so a tensor can be split between threads at offsets that are multiples of
  * BLOCK; the random numbers depend on the element's index only, not on the split. */
 
-void tb_normal(float *out, int64_t n, uint64_t seed, int64_t offset) {
-    for (int64_t start = 0; start < n; start += BLOCK) {
-        const int64_t m = n - start < BLOCK ? n - start : BLOCK;
-        normal_block(out + start, offset + start, m, seed);
-    }
-}
-
 /* Random signs: +1 or -1 with equal probability, one bit of a SplitMix64 output each. */
 void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
     for (int64_t start = 0; start < n; start += 64) {

@@ -10,17 +10,7 @@ from torch.autograd.function import once_differentiable
 
 from torchbayesian._native import address, applies, library, split
 
-__all__ = ["rademacher", "sample_normal", "seed", "standard_normal_like"]
-
-
-def standard_normal_like(tensor: Tensor) -> Tensor:
-    """Return ``torch.randn_like(tensor)``, drawn by the vectorised generator on float32 CPU tensors."""
-    if not applies(tensor):
-        return torch.randn_like(tensor)
-    out = torch.empty_like(tensor)
-    draw_seed = seed()
-    split(out.numel(), lambda index, offset, count: library().tb_normal(address(out, offset), count, draw_seed, offset))
-    return out
+__all__ = ["rademacher", "sample_normal", "seed"]
 
 
 def sample_normal(mean: Tensor, variance: Tensor) -> Tensor:

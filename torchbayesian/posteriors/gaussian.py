@@ -149,18 +149,36 @@ class GaussianPosterior(VariationalPosterior):
         return self._fused_or(fused.SAMPLE, lambda: torch.addcmul(self.mu, self.sigma, torch.randn_like(self.mu)))
 
     def _fused_or(self, mode: int, compute: Callable[[], Tensor]) -> Tensor:
-        """Return ``fused.draw(mu, rho, mode, ...)`` where the fused CPU kernel applies, else ``compute()``.
+        """Return ``fused.draw`` of this posterior for ``mode`` where the fused CPU kernels apply, else ``compute()``.
 
-        The fused kernel also computes the closed-form KL to a scalar `GaussianPrior`, kept for the
+        The kernels also compute the closed-form KL to a scalar `GaussianPrior`, kept for the
         enclosing `reuse_samples` block, where `kl_divergence` picks it up.
         """
-        if not (_native.applies(self.mu, self.rho) and _uses_softplus_scale(type(self))):
+        job = self._fused_job(mode)
+        if job is None:
             return compute()
-        prior = _scalar_gaussian_prior(self.prior)
-        out, kl = fused.draw(self.mu, self.rho, mode, prior)
+        out, kl = fused.draw(*job)
+        self._keep_kl(kl)
+        return out
+
+    def _fused_job(self, mode: int) -> fused.Job | None:
+        """This posterior's work for the fused CPU kernels, or ``None`` where they do not apply.
+
+        The job carries the prior, so that the kernels also compute the KL, when the pair's KL is
+        their closed form: a scalar `GaussianPrior` and this class's own `distribution`.
+        """
+        mu, rho = self.mu, self.rho
+        if not (_native.applies(mu, rho) and _uses_softplus_scale(type(self))):
+            return None
+        gaussian = type(self).distribution is GaussianPosterior.distribution
+        prior = _scalar_gaussian_prior(self.prior) if gaussian else None
+        if mode == fused.KL_ONLY and prior is None:
+            return None
+        return fused.Job(mu, rho, mode, prior)
+
+    def _keep_kl(self, kl: Tensor | None) -> None:
         if kl is not None:
             _sampling.keep(self, "kl", (self.prior, kl))
-        return out
 
     def set_mean_(self, value: Tensor) -> None:
         """Copy ``value`` into ``mu``."""
@@ -187,20 +205,15 @@ def _draw_together(module: nn.Module) -> None:
         if not isinstance(posterior, GaussianPosterior) or posterior.frozen:
             continue
         kind = posterior._fused_kind
-        mu, rho = posterior.mu, posterior.rho
-        if (
-            _uses_softplus_scale(type(posterior))
-            and _native.applies(mu, rho)
-            and _sampling.kept(posterior, kind) is None
-        ):
-            jobs.append(fused.Job(mu, rho, _MODES[kind], _scalar_gaussian_prior(posterior.prior)))
+        job = None if _sampling.kept(posterior, kind) is not None else posterior._fused_job(_MODES[kind])
+        if job is not None:
+            jobs.append(job)
             slots.append((posterior, kind))
     if len(jobs) < 2:
         return
     for (posterior, kind), (out, kl) in zip(slots, fused.draw_many(jobs), strict=True):
         _sampling.keep(posterior, kind, out)
-        if kl is not None:
-            _sampling.keep(posterior, "kl", (posterior.prior, kl))
+        posterior._keep_kl(kl)
 
 
 @functools.cache
