@@ -43,9 +43,15 @@ def test_draw_values_kl_and_gradients_match_torch(n, mode, rho_low, rho_high, lo
     generator = torch.Generator().manual_seed(n)
     mu = torch.empty(n).uniform_(-1, 1, generator=generator).requires_grad_()
     rho = (rho_low + (rho_high - rho_low) * torch.rand(n, generator=generator)).requires_grad_()
-    out, kl = fused.draw(mu, rho, mode, (loc, scale))
-    upstream = torch.randn(n, generator=generator)
-    grad_mu, grad_rho = torch.autograd.grad((out * upstream).sum() + kl_grad * kl, (mu, rho), allow_unused=True)
+    out, kl, mean = fused.draw(mu, rho, mode, (loc, scale))
+    upstream, mean_upstream = torch.randn(2, n, generator=generator)
+    # Flipout and local reparameterization read mu through the node's mean output.
+    has_mean = mode in (fused.PERTURBATION, fused.VARIANCE)
+    assert (mean is not None) == has_mean and (mean is None or torch.equal(mean, mu))
+    mean_term = (mean * mean_upstream).sum() if has_mean else 0.0
+    grad_mu, grad_rho = torch.autograd.grad(
+        (out * upstream).sum() + kl_grad * kl + mean_term, (mu, rho), allow_unused=True
+    )
 
     mu64, rho64 = mu.detach().double().requires_grad_(), rho.detach().double().requires_grad_()
     sigma64 = F.softplus(rho64)
@@ -54,8 +60,10 @@ def test_draw_values_kl_and_gradients_match_torch(n, mode, rho_low, rho_high, lo
     reference = _reference(mode, mu64, sigma64, eps)
     reference_kl = kl_divergence(Normal(mu64, sigma64), Normal(torch.tensor(loc).double(),
                                                                torch.tensor(scale).double())).sum()
+    reference_mean_term = (mu64 * mean_upstream.double()).sum() if has_mean else 0.0
     expected_mu, expected_rho = torch.autograd.grad(
-        (reference * upstream.double()).sum() + kl_grad * reference_kl, (mu64, rho64), allow_unused=True
+        (reference * upstream.double()).sum() + kl_grad * reference_kl + reference_mean_term, (mu64, rho64),
+        allow_unused=True,
     )
     torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(kl.double(), reference_kl, rtol=1e-5, atol=1e-3)
@@ -86,7 +94,7 @@ def test_kl_only_kernel_matches_torch_distributions(n, loc, scale) -> None:
 def _normals(n: int) -> torch.Tensor:
     """The kernels' standard normals, read off a perturbation ``sigma * eps`` with ``sigma`` near 1."""
     rho = torch.full((n,), 0.5413)
-    out, _ = fused.draw(torch.zeros(n), rho, fused.PERTURBATION, None)
+    out = fused.draw(torch.zeros(n), rho, fused.PERTURBATION, None).out
     return out / F.softplus(rho)
 
 
@@ -160,7 +168,7 @@ def test_vmap_uses_torch_random_numbers() -> None:
 
 def test_nan_in_rho_propagates() -> None:
     rho = torch.tensor([0.0, float("nan"), 25.0, -5.0])
-    out, kl = fused.draw(torch.zeros(4), rho, fused.SAMPLE, (0.0, 1.0))
+    out, kl, _ = fused.draw(torch.zeros(4), rho, fused.SAMPLE, (0.0, 1.0))
     assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2, 3]]).all()
     assert torch.isnan(kl)
 
@@ -336,7 +344,7 @@ def test_splitting_between_threads_changes_no_random_number(mode: int) -> None:
         for count in (1, 4):
             torch.set_num_threads(count)
             torch.manual_seed(11)
-            out, kl = fused.draw(mu, rho, mode, (0.0, 1.0))
+            out, kl, _ = fused.draw(mu, rho, mode, (0.0, 1.0))
             noise = _normals(n)
             grads = torch.autograd.grad((out * upstream).sum() + kl, (mu, rho), allow_unused=True)
             results.append((out, kl, noise, grads))

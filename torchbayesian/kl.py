@@ -83,7 +83,7 @@ def _fused_kls(found: list[VariationalPosterior]) -> dict[VariationalPosterior, 
                 owners.append(posterior)
     if len(jobs) < 2:
         return {}
-    return {posterior: kl for posterior, (_, kl) in zip(owners, fused.draw_many(jobs), strict=True)}
+    return {posterior: result.kl for posterior, result in zip(owners, fused.draw_many(jobs), strict=True)}
 
 
 def posterior_kl(posterior: VariationalPosterior, *, num_samples: int | None = None) -> Tensor:

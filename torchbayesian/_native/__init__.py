@@ -161,7 +161,7 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
         pointer, pointer, pointer, pointer, size, flag, seed, size, number, pointer,
     ]
     library.tb_gaussian_backward.argtypes = [
-        pointer, pointer, pointer, pointer, pointer, pointer, size, flag, number, number, number,
+        pointer, pointer, pointer, pointer, pointer, pointer, pointer, size, flag, number, number, number,
     ]
     for function in (library.tb_rademacher, library.tb_local_reparameterization,
                      library.tb_gaussian_forward, library.tb_gaussian_backward):

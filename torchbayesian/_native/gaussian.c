@@ -1,24 +1,111 @@
 /* Fused CPU kernels for mean-field Gaussian posteriors (float32, contiguous).
  *
  * Each kernel works through the tensor in blocks of BLOCK elements with short, branch-free loops
- * that the compiler vectorises (with glibc's vector math library for exp, log, log1p, sin, cos).
+ * that the compiler vectorises. exp, log and log1p are inline polynomials (accurate to a few ulp,
+ * with IEEE results for zero, infinity and NaN), so the loops need no calls into a math library.
  * Standard normals come from a counter-based generator: element pair k of a call with seed s uses
  * the 64-bit SplitMix64 output for counter k, turned into two normals by the Box-Muller transform,
  * so the result does not depend on how the tensor is split into blocks.
  */
-/* glibc declares its vector math functions (libmvec) only under __FAST_MATH__; the kernels are built
- * without -ffast-math so that NaN and infinity keep their IEEE behaviour. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__FAST_MATH__)
-#define __FAST_MATH__ 1
-#endif
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define BLOCK 512
-#define SOFTPLUS_THRESHOLD 20.0f
 
 enum { OUT_SAMPLE = 0, OUT_PERTURBATION = 1, OUT_VARIANCE = 2, OUT_NONE = 3 };
+
+static inline float bits_to_float(uint32_t bits) {
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static inline uint32_t float_to_bits(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+/* 2^k for an integer k in [-126, 127]. */
+static inline float exp2_int(int32_t k) { return bits_to_float((uint32_t)(k + 127) << 23); }
+
+/* exp(x) for x <= 0: x = n log 2 + r with |r| <= log(2) / 2, exp(r) by its Taylor polynomial, 2^n
+ * applied in two halves so that results in the denormal range are right too. */
+static inline float exp_nonpositive(float x) {
+    const float clamped = x < -110.0f ? -110.0f : x;
+    const float n = floorf(clamped * 1.44269504088896341f + 0.5f);
+    const float r = (clamped - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (
+        1.0f / 720 + r * (1.0f / 5040)))))));
+    const int32_t k = (int32_t)n, half = k / 2;
+    const float value = p * exp2_int(half) * exp2_int(k - half);
+    return x == x ? value : x;
+}
+
+/* 2 atanh(s) / s as its series in s^2, to float precision for |s| <= 3 - 2 sqrt(2) (s^2 < 0.0295). */
+static inline float atanh_ratio_near(float s2) {
+    return 2.0f * (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
+}
+
+/* The same series to float precision for |s| <= 1/3. */
+static inline float atanh_ratio(float s2) {
+    return 2.0f * (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9 + s2 * (
+        1.0f / 11 + s2 * (1.0f / 13 + s2 * (1.0f / 15))))))));
+}
+
+/* log1p(t) for t in [0, 1], as 2 atanh(t / (2 + t)). */
+static inline float log1p_unit(float t) {
+    const float s = t / (2.0f + t);
+    return s * atanh_ratio(s * s);
+}
+
+/* log(x) for a positive, finite, normal float: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+ * log m = 2 atanh((m - 1) / (m + 1)). */
+static inline float log_normal(float x) {
+    const uint32_t bits = float_to_bits(x);
+    const float mantissa = bits_to_float((bits & 0x7FFFFFu) | 0x3F800000u);
+    const int high = mantissa > 1.41421356f;
+    const float m = high ? 0.5f * mantissa : mantissa;
+    const float s = (m - 1.0f) / (m + 1.0f);
+    return (float)((int32_t)(bits >> 23) - 127 + high) * 0.693147180559945309f + s * atanh_ratio_near(s * s);
+}
+
+/* log(x) for any float, with log 0 = -inf, log inf = inf and NaN for negative x or NaN. */
+static inline float log_any(float x) {
+    if (x > 0.0f && x < INFINITY)
+        return x < 1.17549435e-38f ? log_normal(x * 8388608.0f) - 23.0f * 0.693147180559945309f : log_normal(x);
+    return x == 0.0f ? -INFINITY : (x == INFINITY ? x : NAN);
+}
+
+#define LOG_GROUP 64
+
+/* Sum of log(x[i]) for i < m: exponents summed as integers and mantissas (in [1, 2)) multiplied in
+ * groups of LOG_GROUP, so one log serves a group. A group holding zero, a denormal, infinity, a
+ * negative number or NaN takes one log_any per element. */
+static float sum_log(const float *x, int64_t m) {
+    float total = 0.0f;
+    for (int64_t start = 0; start < m; start += LOG_GROUP) {
+        const int64_t k = m - start < LOG_GROUP ? m - start : LOG_GROUP;
+        const float *v = x + start;
+        float product = 1.0f;
+        int32_t exponents = 0, special = 0;
+        for (int64_t i = 0; i < k; i++) {
+            const uint32_t bits = float_to_bits(v[i]);
+            const int32_t field = (int32_t)(bits >> 23);
+            product *= bits_to_float((bits & 0x7FFFFFu) | 0x3F800000u);
+            exponents += field;
+            special |= (field == 0) | (field >= 255);
+        }
+        if (special) {
+            for (int64_t i = 0; i < k; i++) total += log_any(v[i]);
+        } else {
+            total += log_normal(product) + (float)(exponents - 127 * (int32_t)k) * 0.693147180559945309f;
+        }
+    }
+    return total;
+}
 
 static inline uint64_t splitmix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -49,7 +136,7 @@ static void normal_block(float *out, int64_t start, int64_t m, uint64_t seed) {
         cosine[i] = ((quadrant + 1u) & 2u) ? -swapped_c : swapped_c;
         sine[i] = (quadrant & 2u) ? -swapped_s : swapped_s;
     }
-    for (int64_t i = 0; i < pairs; i++) radius[i] = sqrtf(-2.0f * logf(u[i]));
+    for (int64_t i = 0; i < pairs; i++) radius[i] = sqrtf(-2.0f * log_normal(u[i]));
     for (int64_t i = 0; i < m / 2; i++) {
         out[2 * i] = radius[i] * cosine[i];
         out[2 * i + 1] = radius[i] * sine[i];
@@ -57,16 +144,15 @@ static void normal_block(float *out, int64_t start, int64_t m, uint64_t seed) {
     if (m & 1) out[m - 1] = radius[pairs - 1] * cosine[pairs - 1];
 }
 
-/* softplus(rho) and its derivative sigmoid(rho), with torch's threshold (beta = 1). */
-static void softplus_block(const float *rho, float *sigma, float *slope, int64_t m) {
-    float e[BLOCK];
-    for (int64_t i = 0; i < m; i++) e[i] = expf(rho[i] > SOFTPLUS_THRESHOLD ? SOFTPLUS_THRESHOLD : rho[i]);
+/* softplus(rho) = max(rho, 0) + log1p(exp(-|rho|)), equal to torch's softplus (beta = 1, threshold
+ * 20) in float32: above the threshold log1p(exp(-|rho|)) < ulp(rho) / 2. Also stores exp(-|rho|),
+ * from which sigmoid(rho) = (rho > 0 ? 1 : exp(-|rho|)) / (1 + exp(-|rho|)), when tail != NULL. */
+static void softplus_block(const float *rho, float *sigma, float *tail, int64_t m) {
     for (int64_t i = 0; i < m; i++) {
-        const float soft = log1pf(e[i]);
-        sigma[i] = rho[i] > SOFTPLUS_THRESHOLD ? rho[i] : soft;
+        const float x = rho[i], t = exp_nonpositive(x > 0.0f ? -x : x);
+        sigma[i] = (x > 0.0f ? x : 0.0f) + log1p_unit(t);
+        if (tail) tail[i] = t;
     }
-    if (slope)
-        for (int64_t i = 0; i < m; i++) slope[i] = e[i] / (1.0f + e[i]);
 }
 
 /* Every kernel below works on elements [offset, offset + n) of a tensor (the pointers point at
@@ -83,43 +169,39 @@ void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
     }
 }
 
-/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode; eps is written for the first two.
- * With sums != NULL, also the sums the KL divergence to N(loc, scale^2) needs: sums[0] = sum sigma^2,
- * sums[1] = sum (mu - loc)^2, sums[2] = sum log sigma. */
+/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode; eps is written for OUT_SAMPLE
+ * (the backward of OUT_PERTURBATION recovers it as out / sigma). With sums != NULL, also the sums
+ * the KL divergence to N(loc, scale^2) needs: sums[0] = sum sigma^2, sums[1] = sum (mu - loc)^2,
+ * sums[2] = sum log sigma. */
 void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, int mode,
                          uint64_t seed, int64_t offset, float loc, double *sums) {
     double total_square = 0.0, total_deviation = 0.0, total_log = 0.0;
-    float sigma[BLOCK], logs[BLOCK];
+    float sigma[BLOCK], noise[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
-        const float *r = rho + start;
-        softplus_block(r, sigma, NULL, m);
-        if (mode == OUT_SAMPLE || mode == OUT_PERTURBATION) {
-            float *e = eps + start, *o = out + start;
+        const float *mean = mu + start;
+        float *o = out + start;
+        softplus_block(rho + start, sigma, NULL, m);
+        if (mode == OUT_SAMPLE) {
+            float *e = eps + start;
             normal_block(e, offset + start, m, seed);
-            if (mode == OUT_SAMPLE) {
-                const float *mean = mu + start;
-                for (int64_t i = 0; i < m; i++) o[i] = mean[i] + sigma[i] * e[i];
-            } else {
-                for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * e[i];
-            }
+            for (int64_t i = 0; i < m; i++) o[i] = mean[i] + sigma[i] * e[i];
+        } else if (mode == OUT_PERTURBATION) {
+            normal_block(noise, offset + start, m, seed);
+            for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * noise[i];
         } else if (mode == OUT_VARIANCE) {
-            float *o = out + start;
             for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * sigma[i];
         }
         if (sums) {
-            const float *mean = mu + start;
-            float square = 0.0f, deviation = 0.0f, log_sum = 0.0f;
-            for (int64_t i = 0; i < m; i++) logs[i] = logf(sigma[i]);
+            float square = 0.0f, deviation = 0.0f;
             for (int64_t i = 0; i < m; i++) {
                 const float d = mean[i] - loc;
                 square += sigma[i] * sigma[i];
                 deviation += d * d;
-                log_sum += logs[i];
             }
             total_square += square;
             total_deviation += deviation;
-            total_log += log_sum;
+            total_log += sum_log(sigma, m);
         }
     }
     if (sums) {
@@ -129,39 +211,46 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *e
     }
 }
 
-/* Gradients of out (by mode, with upstream grad_out, may be NULL) plus kl_grad * KL, where
- * KL = (sum sigma^2 + sum (mu - loc)^2) / (2 prior_var) - sum log sigma + const.
- * grad_mu and grad_rho may be NULL when not needed. */
-void tb_gaussian_backward(const float *mu, const float *rho, const float *eps, const float *grad_out,
-                          float *grad_mu, float *grad_rho, int64_t n, int mode, float kl_grad, float loc,
-                          float prior_var) {
+/* Gradients of out (by mode, with upstream grad_out, may be NULL), of an output equal to mu (with
+ * upstream grad_mean, may be NULL; the sample's own gradient in mu for OUT_SAMPLE) and of kl_grad * KL,
+ * where KL = (sum sigma^2 + sum (mu - loc)^2) / (2 prior_var) - sum log sigma + const. saved is eps
+ * for OUT_SAMPLE and the forward's out for OUT_PERTURBATION. grad_mu and grad_rho may be NULL when
+ * not needed. */
+void tb_gaussian_backward(const float *mu, const float *rho, const float *saved, const float *grad_out,
+                          const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
+                          float kl_grad, float loc, float prior_var) {
     const float c = kl_grad / prior_var;
-    float sigma[BLOCK], slope[BLOCK];
+    float sigma[BLOCK], tail[BLOCK], data[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
         const float *mean = mu + start, *g = grad_out ? grad_out + start : NULL;
         if (grad_mu) {
             float *gm = grad_mu + start;
-            if (mode == OUT_SAMPLE && g)
-                for (int64_t i = 0; i < m; i++) gm[i] = g[i] + c * (mean[i] - loc);
+            const float *gmean = grad_mean ? grad_mean + start : NULL;
+            if (gmean)
+                for (int64_t i = 0; i < m; i++) gm[i] = gmean[i] + c * (mean[i] - loc);
             else
                 for (int64_t i = 0; i < m; i++) gm[i] = c * (mean[i] - loc);
         }
         if (grad_rho) {
             float *gr = grad_rho + start;
-            softplus_block(rho + start, sigma, slope, m);
-            float d[BLOCK];
-            if (g && (mode == OUT_SAMPLE || mode == OUT_PERTURBATION)) {
-                const float *e = eps + start;
-                for (int64_t i = 0; i < m; i++) d[i] = g[i] * e[i];
-            } else if (g && mode == OUT_VARIANCE) {
-                for (int64_t i = 0; i < m; i++) d[i] = 2.0f * g[i] * sigma[i];
-            } else {
-                for (int64_t i = 0; i < m; i++) d[i] = 0.0f;
+            const float *v = g && mode != OUT_VARIANCE ? saved + start : NULL;
+            softplus_block(rho + start, sigma, tail, m);
+            /* d out / d sigma times grad_out, times sigma: g eps sigma = g out (perturbation) | 2 g sigma^2. */
+            if (g && mode == OUT_SAMPLE)
+                for (int64_t i = 0; i < m; i++) data[i] = g[i] * v[i] * sigma[i];
+            else if (g && mode == OUT_PERTURBATION)
+                for (int64_t i = 0; i < m; i++) data[i] = g[i] * v[i];
+            else if (g && mode == OUT_VARIANCE)
+                for (int64_t i = 0; i < m; i++) data[i] = 2.0f * g[i] * sigma[i] * sigma[i];
+            else
+                for (int64_t i = 0; i < m; i++) data[i] = 0.0f;
+            /* grad_rho = (data / sigma + c sigma - kl_grad / sigma) sigmoid(rho), with one division. */
+            for (int64_t i = 0; i < m; i++) {
+                const float x = rho[start + i], t = tail[i], s = sigma[i];
+                const float q = s == 0.0f ? 0.0f : 1.0f / (s * (1.0f + t));
+                gr[i] = (x > 0.0f ? 1.0f : t) * q * (data[i] + c * s * s - kl_grad);
             }
-            if (kl_grad != 0.0f)
-                for (int64_t i = 0; i < m; i++) d[i] += c * sigma[i] - kl_grad / sigma[i];
-            for (int64_t i = 0; i < m; i++) gr[i] = d[i] * slope[i];
         }
     }
 }

@@ -29,39 +29,55 @@ class Job(NamedTuple):
     prior: ScalarPrior | None
 
 
-def draw(mu: Tensor, rho: Tensor, mode: int, prior: ScalarPrior | None) -> tuple[Tensor, Tensor | None]:
+class Draw(NamedTuple):
+    """The outputs of one `Job`: ``None`` where the job has none.
+
+    Attributes:
+        out (Tensor | None): The sample, perturbation or variance (not for `KL_ONLY`).
+        kl (Tensor | None): The summed KL divergence to the job's prior, when it has one.
+        mean (Tensor | None): For `PERTURBATION` and `VARIANCE`, ``mu`` itself as an output of the same
+            node. A layer that reads its mean through it gets the gradient of its mean path summed
+            with the KL's inside the fused backward pass, instead of in a separate addition.
+    """
+
+    out: Tensor | None
+    kl: Tensor | None
+    mean: Tensor | None
+
+
+def draw(mu: Tensor, rho: Tensor, mode: int, prior: ScalarPrior | None) -> Draw:
     """Return ``mu + sigma * eps`` (`SAMPLE`), ``sigma * eps`` (`PERTURBATION`) or ``sigma**2`` (`VARIANCE`).
 
     With ``prior = (loc, scale)`` the same pass also returns the summed ``KL(q || N(loc, scale^2))``;
-    both outputs backpropagate to ``mu`` and ``rho`` through one fused backward pass.
+    all outputs backpropagate to ``mu`` and ``rho`` through one fused backward pass.
     """
-    ((out, kl),) = draw_many([Job(mu, rho, mode, prior)])
-    return out, kl
+    return draw_many([Job(mu, rho, mode, prior)])[0]
 
 
 def kl_divergence(mu: Tensor, rho: Tensor, prior: ScalarPrior) -> Tensor:
     """Return the summed ``KL(N(mu, softplus(rho)^2) || N(loc, scale^2))`` in one pass."""
-    ((_, kl),) = draw_many([Job(mu, rho, KL_ONLY, prior)])
-    return kl
+    return draw_many([Job(mu, rho, KL_ONLY, prior)])[0].kl
 
 
-def draw_many(jobs: Sequence[Job]) -> list[tuple[Tensor | None, Tensor | None]]:
-    """Run several jobs as one autograd node: ``(output, kl)`` per job, ``None`` where it has none.
+def draw_many(jobs: Sequence[Job]) -> list[Draw]:
+    """Run several jobs as one autograd node, returning one `Draw` per job.
 
     One node instead of one per posterior saves the per-call overhead of autograd, which dominates
     for the many small tensors (biases, small layers) of a model.
     """
     plan = tuple((job.mode, job.prior) for job in jobs)
-    flat = _Fused.apply(plan, *[tensor for job in jobs for tensor in (job.mu, job.rho)])
-    results, position = [], 0
-    for mode, prior in plan:
-        out = kl = None
-        if mode != KL_ONLY:
-            out, position = flat[position], position + 1
-        if prior is not None:
-            kl, position = flat[position], position + 1
-        results.append((out, kl))
-    return results
+    flat = iter(_Fused.apply(plan, *[tensor for job in jobs for tensor in (job.mu, job.rho)]))
+    return [
+        Draw(
+            None if mode == KL_ONLY else next(flat),
+            None if prior is None else next(flat),
+            next(flat) if mode in _WITH_MEAN else None,
+        )
+        for mode, prior in plan
+    ]
+
+
+_WITH_MEAN = (PERTURBATION, VARIANCE)
 
 
 class _Fused(torch.autograd.Function):
@@ -71,10 +87,12 @@ class _Fused(torch.autograd.Function):
         for index, (mode, prior) in enumerate(plan):
             mu, rho = tensors[2 * index], tensors[2 * index + 1]
             out = None if mode == KL_ONLY else torch.empty_like(mu)
-            eps = torch.empty_like(mu) if mode in (SAMPLE, PERTURBATION) else None
+            eps = torch.empty_like(mu) if mode == SAMPLE else None
             kl = _forward(mu, rho, out, eps, mode, prior)
-            outputs += [tensor for tensor in (out, kl if prior is not None else None) if tensor is not None]
-            saved += [mu, rho, eps]
+            mean = mu.view_as(mu) if mode in _WITH_MEAN else None
+            outputs += [tensor for tensor in (out, kl if prior is not None else None, mean) if tensor is not None]
+            # The backward needs the noise: kept for a sample, recovered as out / sigma from a perturbation.
+            saved += [mu, rho, eps if mode == SAMPLE else out if mode == PERTURBATION else None]
         ctx.save_for_backward(*saved)
         ctx.plan = plan
         ctx.set_materialize_grads(False)
@@ -87,14 +105,16 @@ class _Fused(torch.autograd.Function):
         result: list[Tensor | None] = [None]
         position = 0
         for index, (mode, prior) in enumerate(ctx.plan):
-            grad_out = grad_kl = None
+            grad_out = grad_kl = grad_mean = None
             if mode != KL_ONLY:
                 grad_out, position = grads[position], position + 1
             if prior is not None:
                 grad_kl, position = grads[position], position + 1
-            mu, rho, eps = saved[3 * index: 3 * index + 3]
+            if mode in _WITH_MEAN:
+                grad_mean, position = grads[position], position + 1
+            mu, rho, noise = saved[3 * index: 3 * index + 3]
             needs = ctx.needs_input_grad[1 + 2 * index], ctx.needs_input_grad[2 + 2 * index]
-            result += _backward(needs, prior, mu, rho, eps, mode, grad_out, grad_kl)
+            result += _backward(needs, prior, mu, rho, noise, mode, grad_out, grad_kl, grad_mean)
         return tuple(result)
 
 
@@ -120,19 +140,18 @@ def _forward(
 
 
 def _backward(
-    needs: tuple[bool, bool], prior: ScalarPrior | None, mu: Tensor, rho: Tensor, eps: Tensor | None, mode: int,
-    grad_out: Tensor | None, grad_kl: Tensor | None,
+    needs: tuple[bool, bool], prior: ScalarPrior | None, mu: Tensor, rho: Tensor, noise: Tensor | None, mode: int,
+    grad_out: Tensor | None, grad_kl: Tensor | None, grad_mean: Tensor | None,
 ) -> tuple[Tensor | None, Tensor | None]:
     need_mu, need_rho = needs
     kl_grad = 0.0 if grad_kl is None else float(grad_kl)
-    if grad_out is not None:
-        grad_out = grad_out.contiguous()
-    elif kl_grad == 0.0:
-        return None, None
-    # With no KL gradient, the sample's gradient in mu is the upstream gradient itself, and the
-    # other outputs do not depend on mu.
-    pass_through = mode == SAMPLE and kl_grad == 0.0
-    need_mu = need_mu and (mode == SAMPLE or kl_grad != 0.0)
+    if mode == SAMPLE:
+        grad_mean = grad_out  # d sample / d mu = 1
+    grad_out, grad_mean = (None if grad is None else grad.contiguous() for grad in (grad_out, grad_mean))
+    # With no KL gradient, the gradient in mu is the mean's (or the sample's) upstream gradient itself.
+    pass_through = kl_grad == 0.0
+    need_mu = need_mu and (grad_mean is not None or kl_grad != 0.0)
+    need_rho = need_rho and (grad_out is not None or kl_grad != 0.0)
     grad_mu = torch.empty_like(mu) if need_mu and not pass_through else None
     grad_rho = torch.empty_like(rho) if need_rho else None
     if grad_mu is not None or grad_rho is not None:
@@ -140,11 +159,12 @@ def _backward(
 
         def call(index: int, offset: int, count: int) -> None:
             library().tb_gaussian_backward(
-                address(mu, offset), address(rho, offset), address(eps, offset), address(grad_out, offset),
-                address(grad_mu, offset), address(grad_rho, offset), count, mode, kl_grad, loc, scale * scale,
+                address(mu, offset), address(rho, offset), address(noise, offset), address(grad_out, offset),
+                address(grad_mean, offset), address(grad_mu, offset), address(grad_rho, offset), count, mode, kl_grad,
+                loc, scale * scale,
             )
 
         split(mu.numel(), call)
     if need_mu and pass_through:
-        grad_mu = grad_out
+        grad_mu = grad_mean
     return grad_mu, grad_rho

@@ -139,6 +139,21 @@ class EstimatorPosterior(GaussianPosterior):
         """Return ``sigma**2``, computed once per `reuse_samples` block."""
         return _sampling.draw(self, lambda: self._fused_or(fused.VARIANCE, lambda: self.sigma.square()), "variance")
 
+    def _mean_path(self) -> Tensor:
+        """``mu`` as the layer's mean path reads it.
+
+        Inside a `reuse_samples` block where the fused kernels draw the noise, an alias of ``mu``
+        from the same autograd node, so that the fused backward pass adds the KL's gradient in
+        ``mu`` to the mean path's instead of autograd adding two full-size gradients.
+        """
+        if _sampling.active():
+            draw_noise = self.perturbation if self._fused_kind == "perturbation" else self.variance
+            draw_noise()
+            alias = _sampling.kept(self, "mean")
+            if alias is not None:
+                return alias
+        return self.mu
+
 
 class _EstimatorForward:
     """The instance-level ``forward`` installed on a layer with estimator posteriors."""
@@ -162,7 +177,7 @@ class _EstimatorForward:
 def _term(layer: nn.Module, name: str) -> Term:
     posterior = get_posterior(layer, name)
     if isinstance(posterior, EstimatorPosterior) and not posterior.frozen:
-        return Term(posterior.mu, posterior)
+        return Term(posterior._mean_path(), posterior)
     return Term(getattr(layer, name, None), None)
 
 

@@ -157,9 +157,9 @@ class GaussianPosterior(VariationalPosterior):
         job = self._fused_job(mode)
         if job is None:
             return compute()
-        out, kl = fused.draw(*job)
-        self._keep_kl(kl)
-        return out
+        result = fused.draw(*job)
+        self._keep_draw(result)
+        return result.out
 
     def _fused_job(self, mode: int) -> fused.Job | None:
         """This posterior's work for the fused CPU kernels, or ``None`` where they do not apply.
@@ -176,9 +176,12 @@ class GaussianPosterior(VariationalPosterior):
             return None
         return fused.Job(mu, rho, mode, prior)
 
-    def _keep_kl(self, kl: Tensor | None) -> None:
-        if kl is not None:
-            _sampling.keep(self, "kl", (self.prior, kl))
+    def _keep_draw(self, result: fused.Draw) -> None:
+        """Keep the KL and the mean alias of a fused draw for the enclosing `reuse_samples` block."""
+        if result.kl is not None:
+            _sampling.keep(self, "kl", (self.prior, result.kl))
+        if result.mean is not None:
+            _sampling.keep(self, "mean", result.mean)
 
     def set_mean_(self, value: Tensor) -> None:
         """Copy ``value`` into ``mu``."""
@@ -211,9 +214,9 @@ def _draw_together(module: nn.Module) -> None:
             slots.append((posterior, kind))
     if len(jobs) < 2:
         return
-    for (posterior, kind), (out, kl) in zip(slots, fused.draw_many(jobs), strict=True):
-        _sampling.keep(posterior, kind, out)
-        posterior._keep_kl(kl)
+    for (posterior, kind), result in zip(slots, fused.draw_many(jobs), strict=True):
+        _sampling.keep(posterior, kind, result.out)
+        posterior._keep_draw(result)
 
 
 @functools.cache
