@@ -91,6 +91,38 @@ def test_kl_only_kernel_matches_torch_distributions(n, loc, scale) -> None:
     torch.testing.assert_close(grad_rho.double(), expected_rho, rtol=1e-4, atol=1e-6)
 
 
+@given(rho=st.lists(st.floats(-87.0, 60.0, width=32), min_size=1, max_size=700))
+@settings(max_examples=40, deadline=None)
+def test_inline_softplus_exp_and_log_match_float64_over_the_normal_range(rho) -> None:
+    # From the smallest normal sigma (rho = -87) past torch's softplus threshold (20): the kernels'
+    # polynomial exp, log1p and log (and the sum of logs from mantissa products) against float64.
+    rho = torch.tensor(rho).requires_grad_()
+    mu = torch.zeros_like(rho, requires_grad=True)
+    kl = fused.kl_divergence(mu, rho, (0.0, 1.0))
+    (grad_rho,) = torch.autograd.grad(kl, rho)
+    rho64 = rho.detach().double().requires_grad_()
+    reference = kl_divergence(Normal(torch.zeros_like(rho64), F.softplus(rho64)), Normal(0.0, 1.0)).sum()
+    (expected_rho,) = torch.autograd.grad(reference, rho64)
+    torch.testing.assert_close(kl.double(), reference, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(grad_rho.double(), expected_rho, rtol=1e-4, atol=1e-6)
+    variance, _, _ = fused.draw(mu, rho, fused.VARIANCE, None)
+    expected = F.softplus(rho64.detach()).square()
+    normal = expected > torch.finfo(torch.float32).tiny  # sigma^2 itself is a normal float
+    torch.testing.assert_close(variance.double()[normal], expected[normal], rtol=5e-6, atol=0.0)
+
+
+def test_kl_of_zero_and_denormal_sigma_matches_the_log_of_torch_softplus() -> None:
+    # rho = -95 gives a denormal sigma and -200 a zero one: their groups of the log sum take the
+    # element-wise path, with log 0 = -inf as in torch.
+    rho = torch.cat([torch.full((100,), -3.0), torch.tensor([-95.0, -99.0]), torch.full((100,), 2.0)])
+    sigma = F.softplus(rho)
+    assert 0 < sigma[100] < torch.finfo(torch.float32).tiny
+    expected = (sigma.double().square() / 2 - sigma.double().log() - 0.5).sum()
+    kl = fused.kl_divergence(torch.zeros(202), rho, (0.0, 1.0))
+    torch.testing.assert_close(kl.double(), expected, rtol=1e-5, atol=1e-3)
+    assert fused.kl_divergence(torch.zeros(3), torch.tensor([0.0, -200.0, 1.0]), (0.0, 1.0)) == float("inf")
+
+
 def _normals(n: int) -> torch.Tensor:
     """The kernels' standard normals, read off a perturbation ``sigma * eps`` with ``sigma`` near 1."""
     rho = torch.full((n,), 0.5413)
