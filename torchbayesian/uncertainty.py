@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -187,9 +188,15 @@ def gaussian_uncertainty(means: Tensor, variances: Tensor, *, log_variance: bool
 
 
 class _SampleMeasure(nn.Module):
+    _measure: ClassVar[Callable[..., Tensor]]
+
     def __init__(self, *, from_logits: bool = False) -> None:
         super().__init__()
         self.from_logits = from_logits
+
+    def forward(self, samples: Tensor) -> Tensor:
+        """Return the measure of ``samples`` (shape ``[S, *batch, C]``), one value per batch element."""
+        return type(self)._measure(samples, from_logits=self.from_logits)
 
     def extra_repr(self) -> str:
         return f"from_logits={self.from_logits}"
@@ -208,9 +215,7 @@ class Entropy(_SampleMeasure):
         torch.Size([5])
     """
 
-    def forward(self, samples: Tensor) -> Tensor:
-        """Return `entropy` of ``samples`` (shape ``[S, *batch, C]``)."""
-        return entropy(samples, from_logits=self.from_logits)
+    _measure = staticmethod(entropy)
 
 
 class AleatoricUncertainty(_SampleMeasure):
@@ -226,9 +231,7 @@ class AleatoricUncertainty(_SampleMeasure):
         torch.Size([5])
     """
 
-    def forward(self, samples: Tensor) -> Tensor:
-        """Return `aleatoric_uncertainty` of ``samples`` (shape ``[S, *batch, C]``)."""
-        return aleatoric_uncertainty(samples, from_logits=self.from_logits)
+    _measure = staticmethod(aleatoric_uncertainty)
 
 
 class EpistemicUncertainty(_SampleMeasure):
@@ -244,9 +247,7 @@ class EpistemicUncertainty(_SampleMeasure):
         torch.Size([5])
     """
 
-    def forward(self, samples: Tensor) -> Tensor:
-        """Return `epistemic_uncertainty` of ``samples`` (shape ``[S, *batch, C]``)."""
-        return epistemic_uncertainty(samples, from_logits=self.from_logits)
+    _measure = staticmethod(epistemic_uncertainty)
 
 
 class VariationRatio(_SampleMeasure):
@@ -262,9 +263,7 @@ class VariationRatio(_SampleMeasure):
         torch.Size([5])
     """
 
-    def forward(self, samples: Tensor) -> Tensor:
-        """Return `variation_ratio` of ``samples`` (shape ``[S, *batch, C]``)."""
-        return variation_ratio(samples, from_logits=self.from_logits)
+    _measure = staticmethod(variation_ratio)
 
 
 def _check_samples(samples: Tensor, where: str) -> None:
