@@ -313,6 +313,24 @@ def test_a_forward_draws_all_posteriors_in_one_node_with_correct_gradients() -> 
         torch.testing.assert_close(q.rho.grad.double(), expected[name][1], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("estimator", [bnn.FlipoutPosterior, bnn.LocalReparameterizationPosterior])
+def test_estimators_mean_path_and_kl_gradients_in_mu_add_up_in_the_fused_node(estimator) -> None:
+    # The gradient in mu of f(x; mu) + noise is the mean path's alone (noise-free): x^T upstream,
+    # plus the KL's (mu - loc) / scale^2. Both reach mu through the fused node's mean output.
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(7, 4)
+    model = bnn.BayesianModule(layer, estimator, prior=bnn.GaussianPrior(0.1, 0.5), sigma_init=0.05)
+    x, upstream = torch.randn(5, 7), torch.randn(5, 4)
+    with bnn.reuse_samples():
+        loss = (model(x) * upstream).sum() + model.kl_divergence()
+    loss.backward()
+    posteriors = dict(model.posteriors())
+    weight, bias = posteriors["weight"], posteriors["bias"]
+    for q, data in ((weight, upstream.double().T @ x.double()), (bias, upstream.double().sum(0))):
+        expected = data + (q.mu.detach().double() - 0.1) / 0.25
+        torch.testing.assert_close(q.mu.grad.double(), expected, rtol=1e-5, atol=1e-6)
+
+
 def _node_names(tensor: torch.Tensor) -> list[str]:
     names, stack, seen = [], [tensor.grad_fn], set()
     while stack:
