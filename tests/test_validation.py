@@ -132,13 +132,26 @@ def test_prior_rejects_non_numbers(value: object) -> None:
 
 
 @SETTINGS
-@given(loc_size=st.integers(2, 4), scale_size=st.integers(2, 4))
-def test_prior_rejects_shapes_that_do_not_broadcast(loc_size: int, scale_size: int) -> None:
+@given(
+    prior_class=st.sampled_from([bnn.GaussianPrior, bnn.LaplacePrior]),
+    loc_size=st.integers(2, 4),
+    scale_size=st.integers(2, 4),
+)
+def test_prior_rejects_shapes_that_do_not_broadcast(
+    prior_class: type[bnn.GaussianPrior | bnn.LaplacePrior], loc_size: int, scale_size: int
+) -> None:
     if loc_size == scale_size:
-        bnn.GaussianPrior(torch.zeros(loc_size), torch.ones(scale_size))
+        prior_class(torch.zeros(loc_size), torch.ones(scale_size))
         return
-    with pytest.raises(ValueError, match="loc and scale must broadcast together"):
-        bnn.GaussianPrior(torch.zeros(loc_size), torch.ones(scale_size))
+    with pytest.raises(ValueError, match=f"{prior_class.__name__}: loc and scale must broadcast together"):
+        prior_class(torch.zeros(loc_size), torch.ones(scale_size))
+
+
+@pytest.mark.parametrize("prior_class", [bnn.GaussianPrior, bnn.LaplacePrior])
+def test_prior_repr_shows_shapes_when_either_argument_is_a_tensor(prior_class: type) -> None:
+    assert repr(prior_class(0.0, 0.5)) == f"{prior_class.__name__}(loc=0, scale=0.5)"
+    assert "scale=<tensor (3,)>" in repr(prior_class(0.0, torch.ones(3)))
+    assert "loc=<tensor (2, 1)>" in repr(prior_class(torch.zeros(2, 1), 1.0))
 
 
 @SETTINGS

@@ -29,6 +29,31 @@ class Prior(nn.Module, ABC):
         return self.distribution.log_prob(value).sum()
 
 
+class _LocationScalePrior(Prior, ABC):
+    """A prior with ``loc`` and ``scale`` buffers that broadcast together, ``scale`` positive."""
+
+    loc: Tensor
+    scale: Tensor
+
+    def __init__(self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.register_buffer("loc", as_buffer(loc, "loc", owner))
+        self.register_buffer("scale", as_buffer(scale, "scale", owner, positive=True))
+        try:
+            torch.broadcast_shapes(self.loc.shape, self.scale.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{owner}: loc and scale must broadcast together.\n"
+                f"loc shape: {tuple(self.loc.shape)}\nscale shape: {tuple(self.scale.shape)}"
+            ) from None
+
+    def extra_repr(self) -> str:
+        if self.loc.dim() or self.scale.dim():
+            return f"loc=<tensor {tuple(self.loc.shape)}>, scale=<tensor {tuple(self.scale.shape)}>"
+        return f"loc={self.loc.item():g}, scale={self.scale.item():g}"
+
+
 def as_buffer(value: float | Tensor, name: str, owner: str, *, positive: bool = False) -> Tensor:
     """Convert a prior argument to a floating tensor, rejecting NaN, infinities and (optionally) non-positive values."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
 from torch.distributions import Normal
 
-from torchbayesian.priors.base import Prior, as_buffer
+from torchbayesian.priors.base import _LocationScalePrior
 
 __all__ = ["GaussianPrior"]
 
 
-class GaussianPrior(Prior):
+class GaussianPrior(_LocationScalePrior):
     """Gaussian prior $p(w) = \\mathcal{N}(\\mathrm{loc}, \\mathrm{scale}^2)$, element-wise.
 
     Args:
@@ -29,31 +27,10 @@ class GaussianPrior(Prior):
         tensor(0.1000)
     """
 
-    loc: Tensor
-    scale: Tensor
-
-    def __init__(self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0) -> None:
-        super().__init__()
-        self.register_buffer("loc", as_buffer(loc, "loc", "GaussianPrior"))
-        self.register_buffer("scale", as_buffer(scale, "scale", "GaussianPrior", positive=True))
-        try:
-            torch.broadcast_shapes(self.loc.shape, self.scale.shape)
-        except RuntimeError:
-            raise ValueError(
-                "GaussianPrior: loc and scale must broadcast together.\n"
-                f"loc shape: {tuple(self.loc.shape)}\nscale shape: {tuple(self.scale.shape)}"
-            ) from None
-
     @property
     def distribution(self) -> Normal:
         """``Normal(loc, scale)``."""
         return Normal(self.loc, self.scale, validate_args=False)
-
-    def extra_repr(self) -> str:
-        shape = tuple(self.loc.shape)
-        if shape:
-            return f"loc=<tensor {shape}>, scale=<tensor {tuple(self.scale.shape)}>"
-        return f"loc={self.loc.item():g}, scale={self.scale.item():g}"
 
 
 def _scalar_gaussian_prior(prior: object) -> tuple[float, float] | None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from torch import Tensor
 from torch.distributions import Laplace
 
-from torchbayesian.priors.base import Prior, as_buffer
+from torchbayesian.priors.base import _LocationScalePrior
 
 __all__ = ["LaplacePrior"]
 
 
-class LaplacePrior(Prior):
+class LaplacePrior(_LocationScalePrior):
     """Laplace prior $p(w) = \\frac{1}{2b} \\exp(-|w - \\mathrm{loc}| / b)$ with $b = \\mathrm{scale}$, element-wise.
 
     A sparsity-inducing prior (the Bayesian counterpart of L1 regularisation). Against a Gaussian
@@ -22,7 +21,8 @@ class LaplacePrior(Prior):
 
     Raises:
         TypeError: If an argument is not a float or a floating-point tensor.
-        ValueError: If an argument is not finite or ``scale`` is not positive.
+        ValueError: If an argument is not finite, ``scale`` is not positive, or the shapes of
+            ``loc`` and ``scale`` do not broadcast.
 
     Example:
         >>> from torchbayesian import bnn
@@ -30,20 +30,7 @@ class LaplacePrior(Prior):
         tensor(0.7071)
     """
 
-    loc: Tensor
-    scale: Tensor
-
-    def __init__(self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0) -> None:
-        super().__init__()
-        self.register_buffer("loc", as_buffer(loc, "loc", "LaplacePrior"))
-        self.register_buffer("scale", as_buffer(scale, "scale", "LaplacePrior", positive=True))
-
     @property
     def distribution(self) -> Laplace:
         """``Laplace(loc, scale)``."""
         return Laplace(self.loc, self.scale, validate_args=False)
-
-    def extra_repr(self) -> str:
-        if self.loc.dim() or self.scale.dim():
-            return f"loc=<tensor {tuple(self.loc.shape)}>, scale=<tensor {tuple(self.scale.shape)}>"
-        return f"loc={self.loc.item():g}, scale={self.scale.item():g}"
