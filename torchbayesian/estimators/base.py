@@ -45,8 +45,16 @@ class EstimatorPosterior(GaussianPosterior):
     forward; when every estimator posterior of the layer is frozen the layer's own forward runs,
     which reads the means, so frozen outputs are exactly those of the mean network.
 
-    Subclasses implement `estimate`. The weight and bias of one layer must use the same estimator
-    class; a deterministic tensor or a plain `GaussianPosterior` next to it enters with its value.
+    Supported layers are those with a kernel in `register_estimator`: `nn.Linear`,
+    `nn.Conv1d/2d/3d` and `nn.ConvTranspose1d/2d/3d` with any constructor arguments, their lazy
+    variants once materialised, and ``transformers.pytorch_utils.Conv1D``. Subclasses implement
+    `estimate`. The weight and bias of one layer must use the same estimator class; a
+    deterministic tensor or a plain `GaussianPosterior` next to it enters with its value.
+
+    Takes the arguments of `GaussianPosterior` (``shape``, ``mu_init``, ``sigma_init``, ``rho_init``, ...).
+
+    Raises:
+        TypeError: On registration, if the layer type is unsupported (see `check_module`).
 
     Attributes:
         tensor_names (tuple[str, ...]): The layer tensors an estimator posterior can be registered on.

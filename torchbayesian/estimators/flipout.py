@@ -29,15 +29,7 @@ class FlipoutPosterior(EstimatorPosterior):
     independent weights, which divides the gradient variance by up to the batch size at twice the
     cost of a layer.
 
-    Everything else (``mu``, ``rho``, priors, KL, `frozen`) is `GaussianPosterior`'s. Supported
-    layers: those with a kernel in `register_estimator` (`nn.Linear`, `nn.Conv1d/2d/3d`,
-    `nn.ConvTranspose1d/2d/3d` with any constructor arguments, their lazy variants once
-    materialised, and ``transformers.pytorch_utils.Conv1D``).
-
-    Takes the arguments of `GaussianPosterior` (``shape``, ``mu_init``, ``sigma_init``, ``rho_init``, ...).
-
-    Raises:
-        TypeError: On registration, if the layer type is unsupported (see `EstimatorPosterior.check_module`).
+    Arguments, supported layers and errors are those of `EstimatorPosterior`.
 
     Example:
         >>> import torch

@@ -26,13 +26,7 @@ class LocalReparameterizationPosterior(EstimatorPosterior):
     convolution's spatial positions). Gradient variance falls roughly as ``1 / batch_size`` at
     the cost of a second layer evaluation.
 
-    Everything else (``mu``, ``rho``, priors, KL, `frozen`) is `GaussianPosterior`'s; supported
-    layers are those of `FlipoutPosterior`.
-
-    Takes the arguments of `GaussianPosterior` (``shape``, ``mu_init``, ``sigma_init``, ``rho_init``, ...).
-
-    Raises:
-        TypeError: On registration, if the layer type is unsupported (see `EstimatorPosterior.check_module`).
+    Arguments, supported layers and errors are those of `EstimatorPosterior`.
 
     Example:
         >>> import torch
