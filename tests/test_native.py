@@ -331,6 +331,59 @@ def test_estimators_mean_path_and_kl_gradients_in_mu_add_up_in_the_fused_node(es
         torch.testing.assert_close(q.mu.grad.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("estimator", [bnn.FlipoutPosterior, bnn.LocalReparameterizationPosterior])
+def test_estimators_backward_writes_gradients_into_their_upstream_buffers(estimator, monkeypatch) -> None:
+    # The layer's gradients in the perturbation (or variance) and the mean are fresh tensors that only
+    # the fused node holds, so the node overwrites them instead of allocating mu-sized results.
+    reused = []
+
+    def recording(like: torch.Tensor, grad: torch.Tensor | None, shared: set[int]) -> torch.Tensor:
+        result = buffer_for(like, grad, shared)
+        reused.append(result is grad)
+        return result
+
+    buffer_for = fused._buffer_for
+    monkeypatch.setattr(fused, "_buffer_for", recording)
+    model = bnn.BayesianModule(torch.nn.Linear(7, 4), estimator, prior=bnn.GaussianPrior(0.0, 0.5))
+    with bnn.reuse_samples():
+        loss = model(torch.randn(5, 7)).square().sum() + model.kl_divergence()
+    loss.backward()
+    assert reused and all(reused)
+
+
+def test_an_upstream_gradient_shared_by_two_outputs_is_not_overwritten() -> None:
+    # (out + mean) * c sends one gradient tensor to both outputs: writing the gradient in mu into it
+    # would corrupt the gradient in rho that the kernel reads from it afterwards.
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(300, generator=generator).requires_grad_()
+    rho = torch.randn(300, generator=generator).sub(3).requires_grad_()
+    c = torch.randn(300, generator=generator)
+    out, kl, mean = fused.draw(mu, rho, fused.PERTURBATION, (0.0, 1.0))
+    shared = torch.autograd.grad(((out + mean) * c).sum() + kl, (mu, rho), retain_graph=True)
+    separate = torch.autograd.grad((out * c).sum() + (mean * c).sum() + kl, (mu, rho))
+    for got, expected in zip(shared, separate):
+        torch.testing.assert_close(got, expected)
+
+
+def _transposed_twice(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.t().t()
+
+
+def test_sole_owner_requires_no_other_reference_to_the_tensor_its_base_or_its_memory() -> None:
+    fresh = torch.randn(4, 3)
+    assert fused._sole_owner(fresh)
+    view_of_unnamed = _transposed_twice(torch.randn(3, 4))
+    assert fused._sole_owner(view_of_unnamed)  # a view whose base nothing else holds
+    base = torch.randn(4, 3)
+    view, _other_view = base.view(3, 4), base.view(12)
+    assert not fused._sole_owner(base)  # the views hold it
+    del base
+    assert not fused._sole_owner(view)  # its base is also held by the other view
+    other = torch.randn(4, 3)
+    alias = torch.empty(0).set_(other.untyped_storage(), 0, (4, 3))
+    assert not fused._sole_owner(other) and not fused._sole_owner(alias)  # memory shared outside a view
+
+
 def _node_names(tensor: torch.Tensor) -> list[str]:
     names, stack, seen = [], [tensor.grad_fn], set()
     while stack:

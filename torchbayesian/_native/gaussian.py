@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -102,6 +103,9 @@ class _Fused(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         saved = ctx.saved_tensors
+        # Autograd hands one tensor to several outputs that share an upstream gradient (out + mean).
+        memory = Counter(grad.untyped_storage().data_ptr() for grad in grads if grad is not None)
+        shared = {address for address, count in memory.items() if count > 1}
         result: list[Tensor | None] = [None]
         position = 0
         for index, (mode, prior) in enumerate(ctx.plan):
@@ -114,7 +118,7 @@ class _Fused(torch.autograd.Function):
                 grad_mean, position = grads[position], position + 1
             mu, rho, noise = saved[3 * index: 3 * index + 3]
             needs = ctx.needs_input_grad[1 + 2 * index], ctx.needs_input_grad[2 + 2 * index]
-            result += _backward(needs, prior, mu, rho, noise, mode, grad_out, grad_kl, grad_mean)
+            result += _backward(needs, prior, mu, rho, noise, mode, grad_out, grad_kl, grad_mean, shared)
         return tuple(result)
 
 
@@ -141,7 +145,7 @@ def _forward(
 
 def _backward(
     needs: tuple[bool, bool], prior: ScalarPrior | None, mu: Tensor, rho: Tensor, noise: Tensor | None, mode: int,
-    grad_out: Tensor | None, grad_kl: Tensor | None, grad_mean: Tensor | None,
+    grad_out: Tensor | None, grad_kl: Tensor | None, grad_mean: Tensor | None, shared: set[int],
 ) -> tuple[Tensor | None, Tensor | None]:
     need_mu, need_rho = needs
     kl_grad = 0.0 if grad_kl is None else float(grad_kl)
@@ -152,8 +156,11 @@ def _backward(
     pass_through = kl_grad == 0.0
     need_mu = need_mu and (grad_mean is not None or kl_grad != 0.0)
     need_rho = need_rho and (grad_out is not None or kl_grad != 0.0)
-    grad_mu = torch.empty_like(mu) if need_mu and not pass_through else None
-    grad_rho = torch.empty_like(rho) if need_rho else None
+    # The outputs of the estimators' modes are internal tensors; their upstream gradients, when this
+    # node holds the only reference, are overwritten with the results instead of allocating new ones.
+    reuse = mode in _WITH_MEAN
+    grad_mu = _buffer_for(mu, grad_mean if reuse else None, shared) if need_mu and not pass_through else None
+    grad_rho = _buffer_for(rho, grad_out if reuse else None, shared) if need_rho else None
     if grad_mu is not None or grad_rho is not None:
         loc, scale = prior if prior is not None else (0.0, 1.0)
 
@@ -168,3 +175,42 @@ def _backward(
     if need_mu and pass_through:
         grad_mu = grad_mean
     return grad_mu, grad_rho
+
+
+def _buffer_for(like: Tensor, grad: Tensor | None, shared: set[int]) -> Tensor:
+    """Return ``grad`` when it is laid out like ``like`` and nothing else references its memory, else a new tensor.
+
+    Writing a gradient into its own upstream gradient saves an allocation of the tensor's size and
+    its first-touch page faults; the kernels read each element before writing it. ``shared`` holds
+    the memory addresses of the gradients the node received more than once.
+    """
+    if (
+        grad is not None
+        and grad.untyped_storage().data_ptr() not in shared
+        and grad.shape == like.shape
+        and grad.dtype == like.dtype
+        and grad.device == like.device
+        and grad.is_contiguous()
+        and _sole_owner(grad)
+    ):
+        return grad
+    return torch.empty_like(like)
+
+
+def _sole_owner(tensor: Tensor) -> bool:
+    """Whether ``tensor``, its base when it is a view, and its memory have no holder besides the caller.
+
+    Counts the references torch keeps (autograd's buffers and saved tensors, views, storages);
+    Python names for the same objects elsewhere are invisible here, which is why only the internal
+    outputs of the estimators' modes, which only the layer's kernel reads, have their gradients reused.
+    """
+    use_count = getattr(tensor, "_use_count", None)
+    storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None or storage_use_count is None or use_count() != 1:
+        return False
+    base = tensor._base
+    # A view holds its base; the base's Python object made by `_base` holds it once more.
+    if base is not None and base._use_count() != 2:
+        return False
+    # The tensor, its base and the temporary storage object are the storage's only holders.
+    return storage_use_count(tensor.untyped_storage()._cdata) == (2 if base is None else 3)
