@@ -4,11 +4,12 @@ Each configuration (a model and a conversion policy) is built once per variant: 
 model, the `GaussianPosterior` model and, when the library provides them, the Flipout and local
 reparameterization models. A training step is forward, loss ``cross_entropy + KL / N``, backward
 and an Adam step (``lr=1e-3``, the same optimizer settings for every variant); the Bayesian step
-computes the loss and the KL inside one `bnn.reuse_samples` block. Variants are interleaved step
-by step, so load on a shared machine hits them alike, and the table reports median step times,
-their ratio to the deterministic step and, with ``--memory``, the peak resident memory of the
-training loop (model, optimizer state and activations; the peak-RSS counter of a fresh subprocess
-per variant, reset after the imports) relative to the deterministic one.
+computes the loss and the KL inside one `bnn.reuse_samples` block. Each variant trains in its own
+worker process, as a user's model would, so variants never share a heap (glibc's decisions to trim
+it depend on every allocation in the process); the workers take their steps in turn, one at a time,
+so load on a shared machine hits the variants alike. The table reports median step times, their
+ratio to the deterministic step and, with ``--memory``, each worker's peak resident memory after its
+imports (model, optimizer state and activations) relative to the deterministic one.
 
 Run ``python benchmarks/train_step.py --help`` for the options.
 """
@@ -19,7 +20,6 @@ import argparse
 import ctypes
 import gc
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -148,25 +148,65 @@ def _step_function(case: _Case, optimizer_name: str, compile_model: bool) -> Cal
 
 
 def _time(config: str, optimizer_name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Step every variant's worker in turn and return median step times, page faults and peak memory."""
     variants = _variants(config)
-    steps = {v: _step_function(_build(config, v), optimizer_name, args.compile) for v in variants}
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    clock = time.perf_counter if args.clock == "wall" else time.thread_time
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    faults = dict.fromkeys(variants, 0)
+    workers = {}
+    for variant in variants:
+        command = [sys.executable, __file__, "--worker", config, variant, optimizer_name, "--warmup", str(args.warmup),
+                   "--threads", str(args.threads), "--clock", args.clock]
+        command += ["--compile"] * args.compile + ["--keep-freed-memory"] * args.keep_freed_memory
+        worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        _reply(worker)  # built and warmed up before the next worker starts
+        workers[variant] = worker
+    records: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for _ in range(args.steps):
-        for variant, step in steps.items():
-            gc.collect()
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = clock()
-            step()
-            times[variant].append(clock() - start)
-            faults[variant] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    result = {v: statistics.median(t) for v, t in times.items()}
-    result.update({f"{v} faults": faults[v] / args.steps for v in variants})
+        for variant, worker in workers.items():
+            records[variant].append(_request(worker, "step"))
+    result = {}
+    for variant, worker in workers.items():
+        result[variant] = statistics.median(r["seconds"] for r in records[variant])
+        result[f"{variant} faults"] = statistics.fmean(r["faults"] for r in records[variant])
+        result[f"{variant} peak"] = _request(worker, "stop")["peak_bytes"]
+        worker.wait()
     return result
+
+
+def _request(worker: subprocess.Popen[str], command: str) -> dict[str, float]:
+    assert worker.stdin is not None
+    worker.stdin.write(command + "\n")
+    return _reply(worker)
+
+
+def _reply(worker: subprocess.Popen[str]) -> dict[str, float]:
+    assert worker.stdout is not None
+    line = worker.stdout.readline()
+    if not line:
+        raise RuntimeError(f"benchmark worker {worker.args} exited with status {worker.wait()}")
+    return json.loads(line)
+
+
+def _work(config: str, variant: str, optimizer_name: str, args: argparse.Namespace) -> None:
+    """Serve ``step`` requests on stdin for one variant, answering each with its time and page faults."""
+    if config.startswith("bert"):
+        import transformers  # noqa: F401
+    torch.randn(8).sum()
+    baseline = _reset_peak_rss()
+    step = _step_function(_build(config, variant), optimizer_name, args.compile)
+    for _ in range(args.warmup):
+        step()
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
+    print(json.dumps({}), flush=True)
+    for command in sys.stdin:
+        if command.strip() != "step":
+            print(json.dumps({"peak_bytes": _status_bytes("VmHWM") - baseline}), flush=True)
+            return
+        gc.collect()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = clock()
+        step()
+        seconds = clock() - start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        print(json.dumps({"seconds": seconds, "faults": faults}), flush=True)
 
 
 def _keep_freed_memory() -> None:
@@ -190,51 +230,26 @@ def _reset_peak_rss() -> int:
     return _status_bytes("VmRSS")
 
 
-def _probe_memory(config: str, variant: str, optimizer_name: str, args: argparse.Namespace) -> None:
-    torch.manual_seed(0)
-    if config.startswith("bert"):
-        import transformers  # noqa: F401
-    torch.randn(8).sum()
-    baseline = _reset_peak_rss()
-    step = _step_function(_build(config, variant), optimizer_name, args.compile)
-    for _ in range(args.warmup + 2):
-        step()
-    print(json.dumps({"peak_bytes": _status_bytes("VmHWM") - baseline}))
-
-
-def _memory(config: str, optimizer_name: str, args: argparse.Namespace) -> dict[str, float]:
-    peaks = {}
-    for variant in _variants(config):
-        command = [sys.executable, __file__, "--probe", config, variant, optimizer_name,
-                   "--warmup", str(args.warmup), "--threads", str(args.threads)]
-        if args.compile:
-            command.append("--compile")
-        if args.keep_freed_memory:
-            command.append("--keep-freed-memory")
-        result = subprocess.run(command, capture_output=True, text=True, check=True, env=dict(os.environ))
-        peaks[variant] = json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
-    return peaks
-
-
 def _table(
-    rows: list[tuple[str, str, dict[str, float], dict[str, float] | None]], variants: list[str], page_faults: bool
+    rows: list[tuple[str, str, dict[str, float]]], variants: list[str], page_faults: bool, memory: bool
 ) -> str:
     bayes = [v for v in variants if v != "deterministic"]
     header = ["model", "optimizer", "deterministic (ms)"] + [f"{v} (ms, ratio)" for v in bayes]
     if page_faults:
         header += [f"{v} page faults/step" for v in variants]
-    if any(memory for *_, memory in rows):
+    if memory:
         header += ["peak memory deterministic (MB)"] + [f"{v} memory ratio" for v in bayes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for config, optimizer_name, times, memory in rows:
+    for config, optimizer_name, times in rows:
         base = times["deterministic"]
         cells = [config, optimizer_name, f"{base * 1e3:.1f}"]
         cells += [f"{times[v] * 1e3:.1f} ({times[v] / base:.2f})" if v in times else "-" for v in bayes]
         if page_faults:
             cells += [f"{times[f'{v} faults']:.0f}" if v in times else "-" for v in variants]
         if memory:
-            det = memory["deterministic"]
-            cells += [f"{det / 2**20:.0f}"] + [f"{memory[v] / det:.2f}" if v in memory else "-" for v in bayes]
+            det = times["deterministic peak"]
+            cells += [f"{det / 2**20:.0f}"]
+            cells += [f"{times[f'{v} peak'] / det:.2f}" if v in times else "-" for v in bayes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -253,36 +268,34 @@ def main(argv: list[str] | None = None) -> None:
                         "use with --threads 1), wall: elapsed time")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile (inductor, fallback_random=True) the forward + loss + KL")
-    parser.add_argument("--memory", action="store_true", help="also measure peak RSS, one subprocess per variant")
+    parser.add_argument("--memory", action="store_true", help="also report each variant's peak resident memory")
     parser.add_argument("--page-faults", action="store_true",
                         help="also report minor page faults per step (memory the allocator got fresh from the kernel)")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc only: keep freed memory in the process (mallopt M_TRIM_THRESHOLD and "
                         "M_MMAP_THRESHOLD, like the MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ variables), so "
                         "large temporaries reuse pages instead of faulting in fresh ones every step")
-    parser.add_argument("--probe", nargs=3, metavar=("MODEL", "VARIANT", "OPTIMIZER"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "OPTIMIZER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     if args.keep_freed_memory:
         _keep_freed_memory()
-    if args.probe:
-        _probe_memory(*args.probe, args)
+    if args.worker:
+        _work(*args.worker, args)
         return
     rows = []
     variants: list[str] = []
     for config in args.models:
         variants += [v for v in _variants(config) if v not in variants]
         for optimizer_name in args.optimizers:
-            times = _time(config, optimizer_name, args)
-            memory = _memory(config, optimizer_name, args) if args.memory else None
-            rows.append((config, optimizer_name, times, memory))
-            print(_table(rows[-1:], _variants(config), args.page_faults), flush=True)
+            rows.append((config, optimizer_name, _time(config, optimizer_name, args)))
+            print(_table(rows[-1:], _variants(config), args.page_faults, args.memory), flush=True)
     print()
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} timed steps after {args.warmup} "
           f"warm-up steps, median {args.clock} time per step{', torch.compile (inductor)' if args.compile else ''}"
           f"{', freed memory kept (mallopt)' if args.keep_freed_memory else ''}")
-    print(_table(rows, variants, args.page_faults))
+    print(_table(rows, variants, args.page_faults, args.memory))
 
 
 if __name__ == "__main__":
