@@ -3,9 +3,10 @@
  * Each kernel works through the tensor in blocks of BLOCK elements with short, branch-free loops
  * that the compiler vectorises. exp, log and log1p are inline polynomials (accurate to a few ulp,
  * with IEEE results for zero, infinity and NaN), so the loops need no calls into a math library.
- * Standard normals come from a counter-based generator: element pair k of a call with seed s uses
- * the 64-bit SplitMix64 output for counter k, turned into two normals by the Box-Muller transform,
- * so the result does not depend on how the tensor is split into blocks.
+ * Standard normals come from a counter-based generator: element pair k of a call maps k through an
+ * affine map keyed by the call's seed and then through two different 32-bit mixing functions, whose
+ * outputs the Box-Muller transform turns into two normals, so the result does not depend on how the
+ * tensor is split into blocks. 32-bit multiplies vectorise where 64-bit ones (SplitMix64) do not.
  */
 #include <math.h>
 #include <stddef.h>
@@ -113,8 +114,26 @@ static inline uint64_t splitmix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
+/* Two unrelated bijections of 32-bit words (xorshift-multiply rounds), each with full avalanche. */
+static inline uint32_t mix32_first(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x21F0AAADu;
+    x ^= x >> 15;
+    x *= 0x735A2D97u;
+    return x ^ (x >> 15);
+}
+
+static inline uint32_t mix32_second(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
+
 /* Standard normals for elements [start, start + m) of a stream; start is even, m <= BLOCK.
- * Box-Muller: radius sqrt(-2 log u) from 24 bits, angle from 24 more bits, split into a quadrant
+ * Pair k gives the word w = k * a + b (mod 2^32; a odd and b from the seed and the high bits of k),
+ * whose two mixes are 24 bits for the radius sqrt(-2 log u) and 24 bits for the angle: a quadrant
  * (2 bits) and a position in it, where sine and cosine are Taylor polynomials accurate to float
  * precision on [0, pi/2], so no argument reduction is needed. */
 static void normal_block(float *out, int64_t start, int64_t m, uint64_t seed) {
@@ -122,11 +141,15 @@ static void normal_block(float *out, int64_t start, int64_t m, uint64_t seed) {
     float u[BLOCK / 2], radius[BLOCK / 2], cosine[BLOCK / 2], sine[BLOCK / 2];
     const int64_t pairs = (m + 1) / 2;
     const uint64_t first = (uint64_t)(start / 2);
+    /* A block never crosses a multiple of 2^32 pairs (BLOCK divides it), so one key serves it. */
+    const uint64_t key = splitmix64(seed ^ ((first >> 32) * 0x9E3779B97F4A7C15ULL));
+    const uint32_t multiplier = (uint32_t)key | 1u, offset = (uint32_t)(key >> 32) + (uint32_t)first * multiplier;
     for (int64_t i = 0; i < pairs; i++) {
-        const uint64_t z = splitmix64(seed + (first + (uint64_t)i + 1) * 0x9E3779B97F4A7C15ULL);
-        u[i] = ((float)(uint32_t)(z >> 40) + 0.5f) * scale; /* in (0, 1] */
-        const uint32_t quadrant = (uint32_t)(z >> 22) & 3u;
-        const float x = (float)(uint32_t)(z & 0x3FFFFFu) * quarter, x2 = x * x;
+        const uint32_t word = (uint32_t)i * multiplier + offset;
+        const uint32_t bits = mix32_second(word);
+        u[i] = ((float)(mix32_first(word) >> 8) + 0.5f) * scale; /* in (0, 1] */
+        const uint32_t quadrant = bits >> 30;
+        const float x = (float)(bits & 0x3FFFFFu) * quarter, x2 = x * x;
         const float s = x * (1.0f + x2 * (-1.0f / 6 + x2 * (1.0f / 120 + x2 * (-1.0f / 5040 + x2 * (
             1.0f / 362880 + x2 * (-1.0f / 39916800))))));
         const float c = 1.0f + x2 * (-0.5f + x2 * (1.0f / 24 + x2 * (-1.0f / 720 + x2 * (1.0f / 40320 + x2 * (
