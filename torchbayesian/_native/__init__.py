@@ -3,7 +3,8 @@
 The kernels replace chains of element-wise torch operations on float32 CPU tensors (the weight
 sample, the softplus, the closed-form KL and their gradients) with one pass each, and draw their
 standard normals from a vectorised counter-based generator seeded from torch's default generator,
-so ``torch.manual_seed`` still makes runs reproducible. Where they do not apply (another device or
+so ``torch.manual_seed`` still makes runs reproducible. One more kernel computes the weight
+gradient of a single-input-channel 2-D convolution for the estimators' second path. Where they do not apply (another device or
 dtype, tensor subclasses, ``torch.compile`` tracing, ``torch.func`` transforms) or no C compiler is
 found, the library runs the equivalent torch operations. Set ``TORCHBAYESIAN_NATIVE=0`` to always
 use the torch operations.
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 __all__ = ["address", "applies", "library", "split", "unavailable_reason"]
 
-_SOURCE = Path(__file__).with_name("gaussian.c")
+_SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
 _COMPILE_FLAGS = (
     "-O3", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math",
 )
@@ -108,33 +109,36 @@ def unavailable_reason() -> str | None:
 
 def _build() -> Path:
     compiler = os.environ.get("CC", "cc")
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + repr((compiler, _COMPILE_FLAGS, _machine())).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"gaussian-{key}.so"
+    sources = b"".join(source.read_bytes() for source in _SOURCES)
+    key = hashlib.sha256(sources + repr((compiler, _COMPILE_FLAGS, _machine())).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"kernels-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        obj, shared = Path(scratch, "gaussian.o"), Path(scratch, "gaussian.so")
-        for arch in (["-march=native"], []):
-            compiled = subprocess.run(
-                [compiler, *_COMPILE_FLAGS, *arch, "-c", str(_SOURCE), "-o", str(obj)],
-                check=False, capture_output=True, text=True, timeout=120,
-            )
-            if compiled.returncode == 0:
-                break
-        else:
-            raise subprocess.SubprocessError(compiled.stderr.strip() or f"{compiler} failed")
+        objects = [_compile(compiler, source, Path(scratch, source.with_suffix(".o").name)) for source in _SOURCES]
+        shared = Path(scratch, "kernels.so")
         # Linked in a separate step without fast-math flags: the compiler driver would otherwise add
         # start-up code that flushes denormals for the whole process.
         linked = subprocess.run(
-            [compiler, "-shared", str(obj), "-o", str(shared), "-lm"], check=False, capture_output=True, text=True,
-            timeout=120,
+            [compiler, "-shared", *map(str, objects), "-o", str(shared), "-lm"], check=False, capture_output=True,
+            text=True, timeout=120,
         )
         if linked.returncode != 0:
             raise subprocess.SubprocessError(linked.stderr.strip() or f"{compiler} failed to link")
         os.replace(shared, target)
     return target
+
+
+def _compile(compiler: str, source: Path, obj: Path) -> Path:
+    for arch in (["-march=native"], []):
+        compiled = subprocess.run(
+            [compiler, *_COMPILE_FLAGS, *arch, "-c", str(source), "-o", str(obj)],
+            check=False, capture_output=True, text=True, timeout=120,
+        )
+        if compiled.returncode == 0:
+            return obj
+    raise subprocess.SubprocessError(compiled.stderr.strip() or f"{compiler} failed on {source.name}")
 
 
 def _cache_dir() -> Path:
@@ -166,4 +170,6 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     for function in (library.tb_rademacher, library.tb_local_reparameterization,
                      library.tb_gaussian_forward, library.tb_gaussian_backward):
         function.restype = None
+    library.tb_conv2d_single_channel_weight_grad.argtypes = [pointer, pointer, pointer] + [size] * 11
+    library.tb_conv2d_single_channel_weight_grad.restype = ctypes.c_int
     return library

@@ -53,5 +53,5 @@ class FlipoutPosterior(EstimatorPosterior):
         if weight.posterior is None:
             return mean + channel_view(bias_noise, op.channel_dim) * output_signs
         input_signs = rademacher(input, op.channel_dim)
-        perturbed = op.apply(input * input_signs, weight.posterior.perturbation(), bias_noise)
+        perturbed = op.noise(input * input_signs, weight.posterior.perturbation(), bias_noise)
         return torch.addcmul(mean, perturbed, output_signs)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchbayesian._native.convolution import conv2d_single_channel
 from torchbayesian.estimators.registry import LayerOp, register_estimator
 
 __all__: list[str] = []
@@ -23,7 +27,22 @@ def _linear(layer: nn.Linear, input: Tensor) -> LayerOp:
 def _conv(layer: nn.Conv1d | nn.Conv2d | nn.Conv3d, input: Tensor) -> LayerOp:
     # `_conv_forward` is the layer's own map with a given weight and bias: it handles string
     # padding and pads first for padding_mode != "zeros", exactly as the layer's forward does.
-    return LayerOp(layer._conv_forward, channel_dim=-1 - len(layer.kernel_size))
+    return LayerOp(layer._conv_forward, channel_dim=-1 - len(layer.kernel_size), apply_noise=_single_channel(layer))
+
+
+def _single_channel(layer: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> Callable[[Tensor, Tensor, Tensor | None], Tensor] | None:
+    """The native-weight-gradient map for a 2-D, one-input-channel, stride-1 convolution with numeric zero padding."""
+    if not (
+        isinstance(layer, nn.Conv2d)
+        and layer.in_channels == 1
+        and layer.groups == 1
+        and tuple(layer.stride) == (1, 1)
+        and tuple(layer.dilation) == (1, 1)
+        and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str)
+    ):
+        return None
+    return partial(conv2d_single_channel, padding=tuple(layer.padding))
 
 
 @register_estimator(nn.ConvTranspose1d)

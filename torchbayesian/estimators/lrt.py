@@ -47,5 +47,5 @@ class LocalReparameterizationPosterior(EstimatorPosterior):
         if weight.posterior is None:
             variance = channel_view(bias_variance, op.channel_dim)
         else:
-            variance = op.apply(input.square(), weight.posterior.variance(), bias_variance)
+            variance = op.noise(input.square(), weight.posterior.variance(), bias_variance)
         return random.sample_normal(mean, variance)

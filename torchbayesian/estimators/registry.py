@@ -27,10 +27,18 @@ class LayerOp:
         channel_dim (int): Negative index of the channel (feature) dimension of both the input and
             the output, counted from the end (``-1`` for `nn.Linear`, ``-3`` for `nn.Conv2d`).
             Leading dimensions before it are batch dimensions.
+        apply_noise (Callable[[Tensor, Tensor, Tensor | None], Tensor] | None): The same map for
+            the estimators' second evaluation (the perturbation or the variance), when a faster
+            implementation exists for it; ``None`` uses ``apply``.
     """
 
     apply: Callable[[Tensor, Tensor, Tensor | None], Tensor]
     channel_dim: int
+    apply_noise: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None
+
+    def noise(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """Evaluate the map for the noise path: ``apply_noise`` if given, else ``apply``."""
+        return (self.apply_noise or self.apply)(input, weight, bias)
 
 
 Kernel = Callable[..., LayerOp]
