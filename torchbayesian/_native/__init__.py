@@ -84,6 +84,9 @@ def split(n: int, call: Callable[[int, int, int], object]) -> int:
     spans run in parallel on a thread pool (the calling thread takes the first).
     """
     threads = max(1, min(torch.get_num_threads(), n // _MIN_ELEMENTS_PER_THREAD))
+    if threads == 1:
+        call(0, 0, n)
+        return 1
     per_thread = -(-n // threads)
     size = max(_BLOCK, -(-per_thread // _BLOCK) * _BLOCK)
     spans = [(index, offset, min(size, n - offset)) for index, offset in enumerate(range(0, n, size))] or [(0, 0, 0)]

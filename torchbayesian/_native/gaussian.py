@@ -84,16 +84,24 @@ _WITH_MEAN = (PERTURBATION, VARIANCE)
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, plan: tuple[tuple[int, ScalarPrior | None], ...], *tensors: Tensor) -> tuple[Tensor, ...]:
-        outputs, saved = [], []
+        # One table of KL sums for the whole node. Each job draws its own seed, so the random numbers do
+        # not depend on how posteriors are grouped into nodes (one model against FSDP units).
+        sums = torch.zeros(len(plan), torch.get_num_threads(), 3, dtype=torch.float64)
+        drawn, saved = [], []
         for index, (mode, prior) in enumerate(plan):
             mu, rho = tensors[2 * index], tensors[2 * index + 1]
             out = None if mode == KL_ONLY else torch.empty_like(mu)
             eps = torch.empty_like(mu) if mode == SAMPLE else None
-            kl = _forward(mu, rho, out, eps, mode, prior)
-            mean = mu.view_as(mu) if mode in _WITH_MEAN else None
-            outputs += [tensor for tensor in (out, kl if prior is not None else None, mean) if tensor is not None]
+            _forward(mu, rho, out, eps, mode, prior, seed(), None if prior is None else sums[index])
+            drawn.append((out, mu.view_as(mu) if mode in _WITH_MEAN else None))
             # The backward needs the noise: kept for a sample, recovered as out / sigma from a perturbation.
             saved += [mu, rho, eps if mode == SAMPLE else out if mode == PERTURBATION else None]
+        totals = sums.sum(1).tolist()
+        outputs = []
+        for index, ((out, mean), (_, prior)) in enumerate(zip(drawn, plan)):
+            mu = tensors[2 * index]
+            kl = None if prior is None else torch.tensor(_kl_value(totals[index], mu.numel(), prior), dtype=mu.dtype)
+            outputs += [tensor for tensor in (out, kl, mean) if tensor is not None]
         ctx.save_for_backward(*saved)
         ctx.plan = plan
         ctx.set_materialize_grads(False)
@@ -123,11 +131,11 @@ class _Fused(torch.autograd.Function):
 
 
 def _forward(
-    mu: Tensor, rho: Tensor, out: Tensor | None, eps: Tensor | None, mode: int, prior: ScalarPrior | None
-) -> Tensor:
-    loc, scale = prior if prior is not None else (0.0, 1.0)
-    sums = None if prior is None else torch.zeros(torch.get_num_threads(), 3, dtype=torch.float64)
-    draw_seed = seed()
+    mu: Tensor, rho: Tensor, out: Tensor | None, eps: Tensor | None, mode: int, prior: ScalarPrior | None,
+    draw_seed: int, sums: Tensor | None,
+) -> None:
+    """Run the forward kernel; with a prior, each thread's span adds its KL sums to its row of ``sums``."""
+    loc = prior[0] if prior is not None else 0.0
 
     def call(index: int, offset: int, count: int) -> None:
         library().tb_gaussian_forward(
@@ -136,11 +144,13 @@ def _forward(
         )
 
     split(mu.numel(), call)
-    if sums is None:
-        return mu.new_zeros(())
-    square, deviation, log_sigma = sums.sum(0).tolist()
-    value = (square + deviation) / (2 * scale * scale) - log_sigma + mu.numel() * (math.log(scale) - 0.5)
-    return torch.tensor(value, dtype=mu.dtype)
+
+
+def _kl_value(sums: Sequence[float], numel: int, prior: ScalarPrior) -> float:
+    """``KL(q || N(loc, scale^2))`` from the kernel's sums of ``sigma^2``, ``(mu - loc)^2`` and ``log sigma``."""
+    square, deviation, log_sigma = sums
+    scale = prior[1]
+    return (square + deviation) / (2 * scale * scale) - log_sigma + numel * (math.log(scale) - 0.5)
 
 
 def _backward(
