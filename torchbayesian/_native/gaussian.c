@@ -114,21 +114,14 @@ static inline uint64_t splitmix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-/* Two unrelated bijections of 32-bit words (xorshift-multiply rounds), each with full avalanche. */
-static inline uint32_t mix32_first(uint32_t x) {
+/* A bijection of 32-bit words with full avalanche: xorshift-multiply rounds. Two choices of the
+ * constants below give two unrelated mixes of the same word. */
+static inline uint32_t mix32(uint32_t x, uint32_t first, uint32_t second, int last_shift) {
     x ^= x >> 16;
-    x *= 0x21F0AAADu;
+    x *= first;
     x ^= x >> 15;
-    x *= 0x735A2D97u;
-    return x ^ (x >> 15);
-}
-
-static inline uint32_t mix32_second(uint32_t x) {
-    x ^= x >> 16;
-    x *= 0x7FEB352Du;
-    x ^= x >> 15;
-    x *= 0x846CA68Bu;
-    return x ^ (x >> 16);
+    x *= second;
+    return x ^ (x >> last_shift);
 }
 
 /* Standard normals for elements [start, start + m) of a stream; start is even, m <= BLOCK.
@@ -146,8 +139,8 @@ static void normal_block(float *out, int64_t start, int64_t m, uint64_t seed) {
     const uint32_t multiplier = (uint32_t)key | 1u, offset = (uint32_t)(key >> 32) + (uint32_t)first * multiplier;
     for (int64_t i = 0; i < pairs; i++) {
         const uint32_t word = (uint32_t)i * multiplier + offset;
-        const uint32_t bits = mix32_second(word);
-        u[i] = ((float)(mix32_first(word) >> 8) + 0.5f) * scale; /* in (0, 1] */
+        const uint32_t bits = mix32(word, 0x7FEB352Du, 0x846CA68Bu, 16);
+        u[i] = ((float)(mix32(word, 0x21F0AAADu, 0x735A2D97u, 15) >> 8) + 0.5f) * scale; /* in (0, 1] */
         const uint32_t quadrant = bits >> 30;
         const float x = (float)(bits & 0x3FFFFFu) * quarter, x2 = x * x;
         const float s = x * (1.0f + x2 * (-1.0f / 6 + x2 * (1.0f / 120 + x2 * (-1.0f / 5040 + x2 * (
