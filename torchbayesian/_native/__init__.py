@@ -4,10 +4,10 @@ The kernels replace chains of element-wise torch operations on float32 CPU tenso
 sample, the softplus, the closed-form KL and their gradients) with one pass each, and draw their
 standard normals from a vectorised counter-based generator seeded from torch's default generator,
 so ``torch.manual_seed`` still makes runs reproducible. One more kernel computes the weight
-gradient of a single-input-channel 2-D convolution for the estimators' second path. Where they do not apply (another device or
-dtype, tensor subclasses, ``torch.compile`` tracing, ``torch.func`` transforms) or no C compiler is
-found, the library runs the equivalent torch operations. Set ``TORCHBAYESIAN_NATIVE=0`` to always
-use the torch operations.
+gradient of a single-input-channel 2-D convolution for the estimators' second path. Where they do
+not apply (another device or dtype, tensor subclasses, ``torch.compile`` tracing, ``torch.func``
+transforms) or no C compiler is found, the library runs the equivalent torch operations. Set
+``TORCHBAYESIAN_NATIVE=0`` to always use the torch operations.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["address", "applies", "library", "split", "unavailable_reason"]
+__all__ = ["address", "applies", "library", "run_parallel", "split", "unavailable_reason"]
 
 _SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
 _COMPILE_FLAGS = (
@@ -90,11 +91,19 @@ def split(n: int, call: Callable[[int, int, int], object]) -> int:
     per_thread = -(-n // threads)
     size = max(_BLOCK, -(-per_thread // _BLOCK) * _BLOCK)
     spans = [(index, offset, min(size, n - offset)) for index, offset in enumerate(range(0, n, size))] or [(0, 0, 0)]
-    pending = [_pool().submit(call, *span) for span in spans[1:]]
-    call(*spans[0])
+    run_parallel(call, spans)
+    return len(spans)
+
+
+def run_parallel(call: Callable[..., object], arguments: Sequence[tuple[Any, ...]]) -> None:
+    """Run ``call(*args)`` for every tuple in ``arguments`` on the thread pool, the calling thread taking the first.
+
+    The kernels release the GIL, so the calls run in parallel; an exception in any call is raised here.
+    """
+    pending = [_pool().submit(call, *args) for args in arguments[1:]]
+    call(*arguments[0])
     for future in pending:
         future.result()
-    return len(spans)
 
 
 def _pool() -> ThreadPoolExecutor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from torchbayesian._native import _pool, address, applies, library
+from torchbayesian._native import address, applies, library, run_parallel
 
 __all__ = ["conv2d_single_channel"]
 
@@ -67,8 +67,5 @@ def _weight_grad(input: Tensor, grad: Tensor, weight: Tensor, padding: tuple[int
         if status != 0:
             raise MemoryError("torchbayesian: out of memory in the convolution weight-gradient kernel")
 
-    pending = [_pool().submit(call, index) for index in range(1, threads)]
-    call(0)
-    for future in pending:
-        future.result()
+    run_parallel(call, [(index,) for index in range(threads)])
     return totals.sum(0).to(weight.dtype).view_as(weight)

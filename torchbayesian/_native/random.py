@@ -33,7 +33,8 @@ class _SampleNormal(torch.autograd.Function):
 
         def call(index: int, offset: int, count: int) -> None:
             library().tb_local_reparameterization(
-                address(mean, offset), address(variance, offset), address(out, offset), address(slope, offset), count, draw_seed, offset
+                address(mean, offset), address(variance, offset), address(out, offset), address(slope, offset), count,
+                draw_seed, offset,
             )
 
         split(mean.numel(), call)

@@ -30,8 +30,8 @@ def _conv(layer: nn.Conv1d | nn.Conv2d | nn.Conv3d, input: Tensor) -> LayerOp:
     return LayerOp(layer._conv_forward, channel_dim=-1 - len(layer.kernel_size), apply_noise=_single_channel(layer))
 
 
-def _single_channel(layer: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> Callable[[Tensor, Tensor, Tensor | None], Tensor] | None:
-    """The native-weight-gradient map for a 2-D, one-input-channel, stride-1 convolution with numeric zero padding."""
+def _single_channel(layer: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> Callable[..., Tensor] | None:
+    """The map with a native weight gradient, for a 2-D, one-input-channel, stride-1, zero-padded convolution."""
     if not (
         isinstance(layer, nn.Conv2d)
         and layer.in_channels == 1
