@@ -18,6 +18,7 @@ from benchmarks import _recipe
 from torchbayesian import bnn
 
 LOG_2PI = math.log(2 * math.pi)
+SAMPLE_COUNTS = (1, 10, 100)  # test log-likelihood also reported with these numbers of Monte Carlo samples
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class TrainSettings:
     test_samples: int
     hidden: int
     seed: int
+    recipe: _recipe.Recipe = field(default_factory=_recipe.Recipe)
     validation_samples: int = 32
 
 
@@ -89,7 +91,7 @@ def _uniform(*shape: int, fan_in: int) -> Tensor:
 def candidates(method: str) -> list[Candidate]:
     """The settings each method chooses from on validation data."""
     if method == "torchbayesian":
-        return _recipe.candidates()
+        return [Candidate("heteroscedastic")]
     if method == "mc_dropout":
         return [Candidate(f"p={p}", dropout=p) for p in (0.01, 0.05, 0.1)]
     if method == "deterministic":
@@ -123,8 +125,8 @@ def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSett
     test_parts = [{"x": split["x_test"], "y": split["y_test"]} for split in splits]
     picked = [options[int(c)] for c in best_candidate]
     scores = _train(method, picked, train_parts, test_parts, settings, stop=stop)
-    return [{"rmse": float(rmse), "ll": float(ll), "chosen": f"{option.name}"}
-            for (rmse, ll), option in zip(scores.tolist(), picked)]
+    return [{"rmse": float(row[0]), "ll": float(row[1]), "ll_by_samples": row[2:], "epochs": epochs, "chosen": option.name}
+            for row, option, epochs in zip(scores.tolist(), picked, stop)]
 
 
 def _part(split: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
@@ -165,13 +167,13 @@ def _train(method: str, options: list[Candidate], train: list[dict[str, Tensor]]
                      heteroscedastic=torch.tensor([o.heteroscedastic for o in options]),
                      dropout=torch.tensor([o.dropout for o in options]))
     bayesian = method == "torchbayesian"
-    model = _recipe.make_bayesian(net, options) if bayesian else net
+    model = _recipe.make_bayesian(net, settings.recipe) if bayesian else net
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     n_ref = int(counts.max())
     data_weight = (counts / n_ref).float()
     steps = math.ceil(n_ref / settings.batch_size)
     epochs = settings.epochs if stop is None else max(stop)
-    warmup = _recipe.warmup_steps(epochs * steps) if bayesian else 0
+    warmup = _recipe.warmup_steps(settings.recipe, epochs * steps) if bayesian else 0
     kl_weight = bnn.kl_weight(networks * n_ref)
     position = torch.arange(steps * settings.batch_size)
     history, snapshot, step = [], [p.detach().clone() for p in model.parameters()], 0
@@ -206,7 +208,9 @@ def _train(method: str, options: list[Candidate], train: list[dict[str, Tensor]]
     with torch.no_grad():
         for saved, p in zip(snapshot, model.parameters()):
             p.copy_(saved)
-    return torch.stack(_scores(model, method, x_eval, y_eval, eval_mask, y_mean, y_std, settings.test_samples), dim=1)
+    rmse, ll = _scores(model, method, x_eval, y_eval, eval_mask, y_mean, y_std, settings.test_samples)
+    fewer = [_scores(model, method, x_eval, y_eval, eval_mask, y_mean, y_std, s)[1] for s in SAMPLE_COUNTS]
+    return torch.stack([rmse, ll, *fewer], dim=1)
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from benchmarks import _stacked
+from benchmarks import _recipe, _stacked
 
 METHODS = ("torchbayesian", "mc_dropout", "deterministic")
 
@@ -88,6 +88,10 @@ def main() -> None:
     parser.add_argument("--validation", type=float, default=0.2, help="fraction of each training split for model selection")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--test-samples", type=int, default=1000, help="Monte Carlo samples for the test predictive")
+    parser.add_argument("--sigma-init", type=float, default=_recipe.Recipe.sigma_init, help="recipe: initial posterior std")
+    parser.add_argument("--prior-scale", type=float, default=_recipe.Recipe.prior_scale, help="recipe: prior std")
+    parser.add_argument("--fan-in-prior", action="store_true", help="recipe: divide the prior std by sqrt(fan_in)")
+    parser.add_argument("--warmup", type=float, default=_recipe.Recipe.warmup, help="recipe: fraction of steps of KL warm-up")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -101,7 +105,9 @@ def main() -> None:
     eval_every = args.eval_every or max(1, epochs // 40)
     settings = _stacked.TrainSettings(epochs=epochs, eval_every=eval_every, batch_size=args.batch_size,
                                       validation=args.validation, test_samples=args.test_samples,
-                                      hidden=args.hidden, seed=args.seed)
+                                      hidden=args.hidden, seed=args.seed,
+                                      recipe=_recipe.Recipe(args.sigma_init, args.prior_scale, args.fan_in_prior, args.warmup))
+    print(f"recipe: {settings.recipe}")
     print(f"dataset={args.dataset} splits={len(splits)} train={n_train} test={len(splits[0]['y_test'])} "
           f"features={splits[0]['x_train'].shape[1]} epochs<={epochs} eval_every={eval_every} "
           f"validation={args.validation} test_samples={args.test_samples}", flush=True)
@@ -115,8 +121,12 @@ def main() -> None:
         chosen = ", ".join(sorted({r["chosen"] for r in results}))
         rows.append({"method": method, "dataset": args.dataset, "splits": len(splits),
                      "rmse": rmse, "rmse_se": rmse_se, "ll": ll, "ll_se": ll_se})
+        by_samples = ", ".join(f"{s}: {summarise([r['ll_by_samples'][i] for r in results])[0]:.3f}"
+                               for i, s in enumerate(_stacked.SAMPLE_COUNTS))
+        stop = summarise([float(r["epochs"]) for r in results])[0]
         print(f"{method}: rmse={rmse:.3f}±{rmse_se:.3f} ll={ll:.3f}±{ll_se:.3f} "
-              f"({time.perf_counter() - begun:.0f}s; chosen: {chosen})", flush=True)
+              f"({time.perf_counter() - begun:.0f}s; chosen: {chosen}; mean epochs {stop:.0f}; "
+              f"ll with fewer test samples {by_samples})", flush=True)
 
     print()
     print(f"| method | RMSE | test log-likelihood |  ({args.dataset}, {len(splits)} splits)")
