@@ -32,6 +32,7 @@ class TrainSettings:
     test_samples: int
     hidden: int
     seed: int
+    lr: float = 1e-3
     recipe: _recipe.Recipe = field(default_factory=_recipe.Recipe)
     validation_samples: int = 32
 
@@ -168,7 +169,7 @@ def _train(method: str, options: list[Candidate], train: list[dict[str, Tensor]]
                      dropout=torch.tensor([o.dropout for o in options]))
     bayesian = method == "torchbayesian"
     model = _recipe.make_bayesian(net, settings.recipe) if bayesian else net
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     n_ref = int(counts.max())
     data_weight = (counts / n_ref).float()
     steps = math.ceil(n_ref / settings.batch_size)

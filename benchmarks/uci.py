@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None, help="epochs between validation checks (default epochs / 40)")
     parser.add_argument("--validation", type=float, default=0.2, help="fraction of each training split for model selection")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every method")
     parser.add_argument("--test-samples", type=int, default=1000, help="Monte Carlo samples for the test predictive")
     parser.add_argument("--sigma-init", type=float, default=_recipe.Recipe.sigma_init, help="recipe: initial posterior std")
     parser.add_argument("--prior-scale", type=float, default=_recipe.Recipe.prior_scale, help="recipe: prior std")
@@ -104,13 +105,13 @@ def main() -> None:
     epochs = args.epochs or max(40, min(1000, round(8_000 / steps_per_epoch / 10) * 10))
     eval_every = args.eval_every or max(1, epochs // 40)
     settings = _stacked.TrainSettings(epochs=epochs, eval_every=eval_every, batch_size=args.batch_size,
-                                      validation=args.validation, test_samples=args.test_samples,
+                                      validation=args.validation, test_samples=args.test_samples, lr=args.lr,
                                       hidden=args.hidden, seed=args.seed,
                                       recipe=_recipe.Recipe(args.sigma_init, args.prior_scale, args.fan_in_prior, args.warmup))
     print(f"recipe: {settings.recipe}")
     print(f"dataset={args.dataset} splits={len(splits)} train={n_train} test={len(splits[0]['y_test'])} "
           f"features={splits[0]['x_train'].shape[1]} epochs<={epochs} eval_every={eval_every} "
-          f"validation={args.validation} test_samples={args.test_samples}", flush=True)
+          f"validation={args.validation} test_samples={args.test_samples} lr={args.lr}", flush=True)
 
     rows = []
     for method in args.methods:

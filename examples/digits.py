@@ -4,8 +4,8 @@ Digits 0-7 are in distribution (split into train and test sets); digits 8 and 9 
 training and serve as out-of-distribution (OOD) inputs. All networks share the architecture, the
 optimiser and the number of epochs. The Bayesian network follows torchbayesian's recipe (see the
 guide "Getting good uncertainty"): `bnn.BayesianModule` with small initial posterior scales, the
-negative ELBO with KL weight ``1 / len(train_set)`` after a linear KL warm-up, and the Monte Carlo
-predictive at test time.
+negative ELBO with KL weight ``1 / len(train_set)`` (``--warmup`` adds a linear KL warm-up), and the
+Monte Carlo predictive at test time.
 
 For each seed the script trains the three networks and, after the last seed, prints one line per
 network with the mean ± standard error over seeds of the test accuracy, negative log-likelihood
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="Monte Carlo samples at test time (default 100, 16 with --quick)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, 1 with --quick)")
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the MC dropout network")
-    parser.add_argument("--warmup", type=float, default=0.1, help="fraction of training over which the KL weight rises to 1")
+    parser.add_argument("--warmup", type=float, default=0.0, help="fraction of training over which the KL weight rises to 1")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (a few seconds)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="directory for the PNG files")
