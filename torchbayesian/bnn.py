@@ -19,6 +19,7 @@ from torchbayesian.checkpoints import IncompatibleKeys, load_deterministic_state
 from torchbayesian.debug import detect_anomalies
 from torchbayesian.decorator import bayesian
 from torchbayesian.distributed import seed_per_rank
+from torchbayesian.dropout import MCDropout, enable_mc_dropout, is_dropout
 from torchbayesian.estimators import (
     FlipoutPosterior,
     LayerOp,
@@ -104,6 +105,7 @@ __all__ = [
     "LayerOp",
     "Linear",
     "LocalReparameterizationPosterior",
+    "MCDropout",
     "ModuleList",
     "Prior",
     "ReliabilityCurve",
@@ -118,12 +120,14 @@ __all__ = [
     "cyclical_kl_annealing",
     "detect_anomalies",
     "elbo_loss",
+    "enable_mc_dropout",
     "entropy",
     "epistemic_uncertainty",
     "expected_calibration_error",
     "frozen",
     "gaussian_uncertainty",
     "is_bayesian",
+    "is_dropout",
     "kl_divergence",
     "kl_weight",
     "linear_kl_warmup",
