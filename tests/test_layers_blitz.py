@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from torchbayesian import bnn
@@ -134,3 +136,20 @@ def test_sample_weights_and_frozen_weights() -> None:
     sample = layer.sample_weights()["weight"]
     sample.sum().backward()
     assert posterior.mu.grad is not None and posterior.rho.grad is not None
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    num_layers=st.integers(1, 2), bidirectional=st.booleans(), batch_first=st.booleans(), batched=st.booleans(),
+    length=st.integers(1, 4), dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_peephole_lstm_shapes_match_nn_lstm(num_layers, bidirectional, batch_first, batched, length, dtype) -> None:
+    options = {"num_layers": num_layers, "bidirectional": bidirectional, "batch_first": batch_first}
+    peephole = bnn.LSTM(3, 4, peephole=True, **options).to(dtype)
+    reference = nn.LSTM(3, 4, **options).to(dtype)
+    x = torch.randn(*((2, length) if batch_first else (length, 2)) if batched else (length,), 3, dtype=dtype)
+    output, (h, c) = peephole(x)
+    expected, (h_ref, c_ref) = reference(x)
+    assert output.shape == expected.shape and output.dtype == dtype
+    assert h.shape == h_ref.shape and c.shape == c_ref.shape
+    assert torch.isfinite(output).all()
