@@ -22,7 +22,7 @@ from torchbayesian import bnn
 
 L = pytest.importorskip("lightning")
 
-from torchbayesian.integrations.lightning import _auroc  # noqa: E402
+from torchbayesian.integrations.lightning import _auroc
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
