@@ -161,7 +161,7 @@ class BayesianLightningModule(L.LightningModule):
             "train/nll": data_loss.detach(),
             "train/kl": kl.detach(),
             "train/elbo": -(data_loss.detach() + kl.detach() / self.dataset_size()),
-            "train/kl_weight": torch.tensor(weight),
+            "train/kl_weight": weight,
         }
         self.log_dict(metrics, on_step=True, on_epoch=True, sync_dist=True)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
@@ -186,15 +186,19 @@ class BayesianLightningModule(L.LightningModule):
         self._collect(batch, dataloader_idx)
 
     def on_validation_epoch_start(self) -> None:
+        """Forget the predictions of the previous validation epoch."""
         self._evaluation = {}
 
     def on_test_epoch_start(self) -> None:
+        """Forget the predictions of the previous test epoch."""
         self._evaluation = {}
 
     def on_validation_epoch_end(self) -> None:
+        """Log the validation metrics over all examples (call ``super()`` when overriding)."""
         self._log_evaluation("val")
 
     def on_test_epoch_end(self) -> None:
+        """Log the test metrics over all examples (call ``super()`` when overriding)."""
         self._log_evaluation("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
