@@ -127,3 +127,19 @@ def test_errors() -> None:
         bnn.enable_mc_dropout("model")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Sequential has no dropout layer"):
         bnn.enable_mc_dropout(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_torch_transformer_encoder_leaves_its_fused_inference_path() -> None:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.3, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    x = torch.randn(2, 5, 8)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, -1] = True
+    with torch.no_grad():
+        plain = encoder(x, src_key_padding_mask=mask)
+        with bnn.enable_mc_dropout(encoder, attention=False):
+            first, second = (encoder(x, src_key_padding_mask=mask) for _ in range(2))
+            assert not torch.allclose(first, second)
+            assert not encoder.layers[0].training
+        torch.testing.assert_close(encoder(x, src_key_padding_mask=mask), plain)

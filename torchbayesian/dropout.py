@@ -37,6 +37,15 @@ def _is_attention(module: nn.Module) -> bool:
     return type(module).__name__.endswith("Attention")
 
 
+def _switched(module: nn.Module) -> list[nn.Module]:
+    # The modules whose `training` flag decides whether `module`'s forward drops anything. torch's
+    # transformer encoder takes a fused inference path, which skips dropout, when its first layer
+    # (for the encoder) or the layer itself is in evaluation mode.
+    if isinstance(module, nn.TransformerEncoder):
+        return list(module.layers)
+    return [module]
+
+
 class MCDropout:
     """Keep the dropout of a model stochastic in evaluation mode until `remove` is called; returned by `enable_mc_dropout`.
 
@@ -54,10 +63,13 @@ class MCDropout:
         self.module_names = [name for name, _ in modules]
         self._handles: list[RemovableHandle] = []
         for _, module in modules:
-            saved: list[bool] = []
-            self._handles.append(module.register_forward_pre_hook(_force_training(saved)))
+            saved: list[list[bool]] = []
+            targets = _switched(module)
+            self._handles.append(module.register_forward_pre_hook(_force_training(targets, saved)))
             # Prepended and always called: nested handles restore in reverse order, even on errors.
-            self._handles.append(module.register_forward_hook(_restore(saved), prepend=True, always_call=True))
+            self._handles.append(
+                module.register_forward_hook(_restore(targets, saved), prepend=True, always_call=True)
+            )
         self._model_name = type(model).__name__
 
     def remove(self) -> None:
@@ -83,18 +95,20 @@ class MCDropout:
         return f"MCDropout({self._model_name}, {len(self.module_names)} modules, {state})"
 
 
-def _force_training(saved: list[bool]) -> Any:
+def _force_training(targets: list[nn.Module], saved: list[list[bool]]) -> Any:
     def hook(module: nn.Module, _: Any) -> None:
-        saved.append(module.training)
-        module.training = True
+        saved.append([target.training for target in targets])
+        for target in targets:
+            target.training = True
 
     return hook
 
 
-def _restore(saved: list[bool]) -> Any:
+def _restore(targets: list[nn.Module], saved: list[list[bool]]) -> Any:
     def hook(module: nn.Module, _: Any, output: Any) -> None:
         if saved:
-            module.training = saved.pop()
+            for target, flag in zip(targets, saved.pop(), strict=True):
+                target.training = flag
 
     return hook
 
@@ -115,7 +129,9 @@ def enable_mc_dropout(model: nn.Module, *, attention: bool = True) -> MCDropout:
     ``...Attention``, such as transformers' ``BertSelfAttention`` or ``LlamaAttention``), which
     apply their attention-probability dropout only when they are in training mode. Only the
     selected modules' own ``training`` flags change, and only during their forward; the model's
-    other layers (batch normalization, for one) stay in evaluation mode.
+    other layers (batch normalization, for one) stay in evaluation mode. ``nn.TransformerEncoder``
+    and ``nn.TransformerEncoderLayer`` are also switched during their forward, since in evaluation
+    mode they take a fused inference path that skips dropout.
 
     Args:
         model (nn.Module): The model, usually in evaluation mode (``model.eval()``).
@@ -146,6 +162,7 @@ def enable_mc_dropout(model: nn.Module, *, attention: bool = True) -> MCDropout:
     modules = [
         (name, module) for name, module in model.named_modules()
         if is_dropout(module) or (attention and _is_attention(module))
+        or isinstance(module, (nn.TransformerEncoder, nn.TransformerEncoderLayer))
     ]
     if not any(is_dropout(module) for _, module in modules) and not any(
         _has_attention_dropout(module) for _, module in modules
