@@ -92,6 +92,9 @@ def test_peephole_lstm_samples_trains_freezes_and_exports() -> None:
     copy = bnn.LSTM(3, 4, batch_first=True, peephole=True)
     copy.load_state_dict(lstm.state_dict())
     torch.testing.assert_close(copy.forward_frozen(x)[0], mean_output)
+    from_plain = bnn.LSTM(3, 4, batch_first=True, peephole=True)
+    bnn.load_deterministic_state_dict(from_plain, plain.state_dict())  # means from a deterministic checkpoint
+    torch.testing.assert_close(from_plain.forward_frozen(x)[0], mean_output)
     assert "peephole=True" in repr(lstm)
 
 
