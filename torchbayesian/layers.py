@@ -139,7 +139,7 @@ class BayesianLayer(BayesianMixin):
         return weights
 
     def frozen_weights(self) -> dict[str, Tensor]:
-        """Return the posterior mean of every Bayesian tensor of the layer, keyed by name: the weights of `forward_frozen`."""
+        """Return the posterior mean of every Bayesian tensor of the layer, keyed by name (used by `forward_frozen`)."""
         return {name: posterior.mean for name, _, _, posterior in sites(self._as_module())}
 
 
@@ -224,13 +224,16 @@ class LSTM(_RecurrentLayer, nn.LSTM):
     $$
 
     ``num_layers``, ``bidirectional``, ``batch_first``, ``dropout`` and unbatched inputs work as in
-    ``nn.LSTM``; the recurrence runs as a Python loop over time steps (no cuDNN kernel).
+    ``nn.LSTM``, with the same output shapes; the recurrence runs as a Python loop over time steps
+    (no cuDNN kernel). The initial hidden state in ``hx`` is accepted for compatibility but, as in
+    Blitz, only the initial cell state enters the recurrence.
 
     Args:
         peephole (bool): Use the peephole cell above (keyword-only); not with ``proj_size`` or packed sequences.
 
     Raises:
         ValueError: If ``peephole=True`` is combined with ``proj_size > 0``.
+        NotImplementedError: If a peephole LSTM is called on a ``PackedSequence``.
 
     Example:
         >>> import torch
