@@ -156,3 +156,14 @@ def test_peephole_lstm_shapes_match_nn_lstm(num_layers, bidirectional, batch_fir
     assert output.shape == expected.shape and output.dtype == dtype
     assert h.shape == h_ref.shape and c.shape == c_ref.shape
     assert torch.isfinite(output).all()
+
+
+def test_sampled_peephole_lstm_uses_one_draw_for_all_time_steps() -> None:
+    torch.manual_seed(5)
+    lstm = bnn.LSTM(3, 4, batch_first=True, peephole=True, posterior_rho_init=-2.0)
+    x = torch.randn(2, 6, 3)
+    output, _ = lstm(x)
+    drawn = {name: posterior.last_sample for name, posterior in lstm.posteriors()}
+    expected, _, _ = _blitz_peephole(x, drawn["weight_ih_l0"].T, drawn["weight_hh_l0"].T,
+                                     drawn["bias_ih_l0"] + drawn["bias_hh_l0"], torch.zeros(2, 4))
+    torch.testing.assert_close(output, expected)

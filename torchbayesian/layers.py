@@ -205,7 +205,21 @@ class _RecurrentLayer(BayesianLayer):
         return replica
 
 
-class LSTM(_RecurrentLayer, nn.LSTM):
+class _PeepholeLSTM(nn.LSTM):
+    """``nn.LSTM`` whose forward runs Blitz's peephole cell when ``peephole`` is set (see `LSTM`)."""
+
+    peephole: bool = False
+
+    def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None) -> Any:
+        """Run the LSTM (the peephole cell when ``peephole=True``)."""
+        if not self.peephole:
+            return super().forward(input, hx)
+        if isinstance(input, PackedSequence):
+            raise NotImplementedError("LSTM: peephole=True does not take a PackedSequence; pad the batch instead.")
+        return _peephole_lstm(self, input, hx)
+
+
+class LSTM(_RecurrentLayer, _PeepholeLSTM):
     """Bayesian `torch.nn.LSTM`; takes its arguments plus those of `BayesianLayer`, and ``peephole``.
 
     Each weight is sampled once per call and shared by all time steps.
@@ -255,16 +269,6 @@ class LSTM(_RecurrentLayer, nn.LSTM):
                 "the peephole gates read the cell state, whose width is hidden_size."
             )
         self.peephole = peephole
-
-    def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None) -> Any:
-        """Run the LSTM with one weight sample per parameter (the peephole cell when ``peephole=True``)."""
-        if not self.peephole:
-            return super().forward(input, hx)
-        if isinstance(input, PackedSequence):
-            raise NotImplementedError("LSTM: peephole=True does not take a PackedSequence; pad the batch instead.")
-        with _sampling.reuse_samples():
-            _draw_together(self)
-            return _peephole_lstm(self, input, hx)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, peephole=True" if self.peephole else super().extra_repr()
