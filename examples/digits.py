@@ -106,11 +106,8 @@ def log_predictive_draws(model: nn.Module, x: Tensor, *, name: str, samples: int
     if name == "bayesian":
         logits = bnn.predict(model, x, num_samples=samples)
     elif name == "mc_dropout":
-        for module in model.modules():  # MC dropout: dropout stays active at test time
-            if isinstance(module, nn.Dropout):
-                module.train()
-        logits = torch.stack([model(x) for _ in range(samples)])
-        model.eval()
+        with bnn.enable_mc_dropout(model):  # dropout stays stochastic in evaluation mode
+            logits = bnn.predict(model, x, num_samples=samples)
     else:
         logits = model(x).unsqueeze(0)
     return logits.log_softmax(-1)
