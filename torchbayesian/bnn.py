@@ -21,6 +21,7 @@ from torchbayesian.debug import detect_anomalies
 from torchbayesian.decorator import bayesian
 from torchbayesian.distributed import seed_per_rank
 from torchbayesian.dropout import MCDropout, enable_mc_dropout, is_dropout
+from torchbayesian.empirical_bayes import fit_prior_scale_
 from torchbayesian.estimators import (
     FlipoutPosterior,
     LayerOp,
@@ -129,6 +130,7 @@ __all__ = [
     "entropy",
     "epistemic_uncertainty",
     "expected_calibration_error",
+    "fit_prior_scale_",
     "fit_temperature",
     "fpr_at_tpr",
     "frozen",
