@@ -4,8 +4,9 @@ The recipe (see the guide "Getting good uncertainty"): every weight and bias get
 `bnn.GaussianPosterior` whose mean starts at the layer's own initialisation and whose standard
 deviation starts small (``sigma_init``); a Gaussian prior ``N(0, prior_scale^2)``; the negative ELBO
 with the mean-reduced Gaussian NLL of a (mean, log-variance) output and KL weight ``1 / N``, after
-an optional linear KL warm-up; the number of epochs chosen on a validation part of the training
-data; a Monte Carlo predictive mixture at test time.
+an optional linear KL warm-up; optionally (``empirical_bayes``) each prior scale refitted to its
+posterior every epoch by `bnn.fit_prior_scale_`, one scale per tensor and network; the number of
+epochs chosen on a validation part of the training data; a Monte Carlo predictive mixture at test time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Recipe:
     prior_scale: float = 1.0
     fan_in_prior: bool = False
     warmup: float = 0.0
+    empirical_bayes: bool = False
 
 
 def warmup_steps(recipe: Recipe, total_steps: int) -> int:
@@ -37,6 +39,8 @@ def make_bayesian(net: nn.Module, recipe: Recipe) -> bnn.BayesianModule:
     """Make every weight and bias of ``net`` Bayesian; ``log_noise`` (homoscedastic noise) stays a point estimate."""
     def prior(name: str, param: torch.Tensor) -> bnn.GaussianPrior:
         scale = recipe.prior_scale / (net.fan_in(name) ** 0.5 if recipe.fan_in_prior else 1.0)
+        if recipe.empirical_bayes:  # one scale per stacked network, so that each split is fitted on its own
+            return bnn.GaussianPrior(0.0, torch.full((param.shape[0],) + (1,) * (param.dim() - 1), scale))
         return bnn.GaussianPrior(0.0, scale)
 
     return bnn.BayesianModule(net, prior=prior, exclude=["log_noise"], sigma_init=recipe.sigma_init)

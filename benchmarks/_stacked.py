@@ -195,6 +195,8 @@ def _train(method: str, options: list[Candidate], train: list[dict[str, Tensor]]
             (loss * networks).backward()
             optimizer.step()
             step += 1
+        if bayesian and settings.recipe.empirical_bayes:
+            bnn.fit_prior_scale_(model)
         if stop is None and epoch % settings.eval_every == 0:
             _, ll = _scores(model, method, x_eval, y_eval, eval_mask, y_mean, y_std, settings.validation_samples)
             history.append(ll)

@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--prior-scale", type=float, default=_recipe.Recipe.prior_scale, help="recipe: prior std")
     parser.add_argument("--fan-in-prior", action="store_true", help="recipe: divide the prior std by sqrt(fan_in)")
     parser.add_argument("--warmup", type=float, default=_recipe.Recipe.warmup, help="recipe: fraction of steps of KL warm-up")
+    parser.add_argument("--empirical-bayes", action="store_true",
+                        help="recipe: refit each prior scale to its posterior every epoch (bnn.fit_prior_scale_)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -107,7 +109,8 @@ def main() -> None:
     settings = _stacked.TrainSettings(epochs=epochs, eval_every=eval_every, batch_size=args.batch_size,
                                       validation=args.validation, test_samples=args.test_samples, lr=args.lr,
                                       hidden=args.hidden, seed=args.seed,
-                                      recipe=_recipe.Recipe(args.sigma_init, args.prior_scale, args.fan_in_prior, args.warmup))
+                                      recipe=_recipe.Recipe(args.sigma_init, args.prior_scale, args.fan_in_prior, args.warmup,
+                                                            args.empirical_bayes))
     print(f"recipe: {settings.recipe}")
     print(f"dataset={args.dataset} splits={len(splits)} train={n_train} test={len(splits[0]['y_test'])} "
           f"features={splits[0]['x_train'].shape[1]} epochs<={epochs} eval_every={eval_every} "

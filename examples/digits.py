@@ -5,7 +5,8 @@ training and serve as out-of-distribution (OOD) inputs. All networks share the a
 optimiser and the number of epochs. The Bayesian network follows torchbayesian's recipe (see the
 guide "Getting good uncertainty"): `bnn.BayesianModule` with small initial posterior scales, the
 negative ELBO with KL weight ``1 / len(train_set)`` (``--warmup`` adds a linear KL warm-up), and the
-Monte Carlo predictive at test time.
+Monte Carlo predictive at test time. ``--empirical-bayes`` refits each prior's scale to its posterior
+every epoch (`bnn.fit_prior_scale_`); on this data set it collapses the network, see the guide.
 
 For each seed the script trains the three networks and, after the last seed, prints one line per
 network with the mean ± standard error over seeds of the test accuracy, negative log-likelihood
@@ -60,14 +61,15 @@ def make_net(dropout: float = 0.0) -> nn.Module:
                          nn.Linear(128, IN_DISTRIBUTION))
 
 
-def make_model(name: str, *, dropout: float) -> nn.Module:
-    """Build one of ``MODELS``; the Bayesian one is the plain MLP made Bayesian with the recipe's initial scale."""
+def make_model(name: str, *, dropout: float, sigma_init: float) -> nn.Module:
+    """Build one of ``MODELS``; the Bayesian one is the plain MLP made Bayesian with a small initial scale."""
     if name == "bayesian":
-        return bnn.BayesianModule(make_net(), sigma_init=1e-3)
+        return bnn.BayesianModule(make_net(), sigma_init=sigma_init)
     return make_net(dropout if name == "mc_dropout" else 0.0)
 
 
-def train(model: nn.Module, data: dict[str, Tensor], *, name: str, epochs: int, seed: int, warmup: float) -> None:
+def train(model: nn.Module, data: dict[str, Tensor], *, name: str, epochs: int, seed: int, warmup: float,
+          empirical_bayes: bool) -> None:
     """Train with Adam on mini-batches; the Bayesian loss is mean NLL + KL / len(train_set) after a warm-up."""
     x, y = data["x_train"], data["y_train"]
     criterion = nn.CrossEntropyLoss()
@@ -92,6 +94,8 @@ def train(model: nn.Module, data: dict[str, Tensor], *, name: str, epochs: int, 
             loss.backward()
             optimizer.step()
             step += 1
+        if name == "bayesian" and empirical_bayes:
+            bnn.fit_prior_scale_(model)  # empirical Bayes: each prior's scale fitted to its posterior
         if name == "bayesian":
             progress.set_postfix(nll=f"{elbo.last_data_loss.item():.3f}", kl_per_example=f"{elbo.last_kl.item() / len(x):.2f}",
                                  kl_factor=f"{elbo.kl_weight / full_weight:.2f}")
@@ -184,6 +188,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, 1 with --quick)")
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the MC dropout network")
     parser.add_argument("--warmup", type=float, default=0.0, help="fraction of training over which the KL weight rises to 1")
+    parser.add_argument("--empirical-bayes", action="store_true",
+                        help="refit each prior scale to its posterior every epoch (bnn.fit_prior_scale_; not in the recipe)")
+    parser.add_argument("--sigma-init", type=float, default=1e-3, help="initial posterior scale of the Bayesian network")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (a few seconds)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="directory for the PNG files")
@@ -202,8 +209,9 @@ def main() -> None:
         results = {}
         for name in args.models:
             torch.manual_seed(seed)
-            model = make_model(name, dropout=args.dropout)
-            train(model, data, name=name, epochs=epochs, seed=seed, warmup=args.warmup)
+            model = make_model(name, dropout=args.dropout, sigma_init=args.sigma_init)
+            train(model, data, name=name, epochs=epochs, seed=seed, warmup=args.warmup,
+                  empirical_bayes=args.empirical_bayes)
             results[name] = evaluate(model, data, name=name, samples=samples)
             for metric in METRICS:
                 metrics[name][metric].append(results[name][metric])
