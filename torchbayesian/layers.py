@@ -11,7 +11,7 @@ from torch.distributions import Distribution
 from torchbayesian import _sampling
 from torchbayesian.mixin import BayesianMixin
 from torchbayesian.module import convert_
-from torchbayesian.posteriors.gaussian import GaussianPosterior, Init, _draw_together
+from torchbayesian.posteriors.gaussian import GaussianPosterior, Init
 from torchbayesian.priors.base import Prior
 from torchbayesian.priors.gaussian import GaussianPrior
 from torchbayesian.priors.scale_mixture import ScaleMixturePrior
@@ -92,7 +92,6 @@ class BayesianLayer(BayesianMixin):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the torch layer's forward with one weight sample per parameter."""
         with _sampling.reuse_samples():
-            _draw_together(self)
             return super().forward(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -200,7 +199,6 @@ class Sequential(BayesianMixin, nn.Sequential):
     def forward(self, input: Any) -> Any:
         """Run the layers in order with one weight sample per Bayesian tensor."""
         with _sampling.reuse_samples():
-            _draw_together(self)
             return super().forward(input)
 
 

@@ -15,6 +15,14 @@
 
 #define BLOCK 512
 
+/* Function multiversioning: each exported kernel is compiled for several instruction sets and the
+ * dynamic loader picks the best one the CPU supports, so one build runs on any x86-64 CPU. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define TB_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TB_KERNEL
+#endif
+
 enum { OUT_SAMPLE = 0, OUT_PERTURBATION = 1, OUT_VARIANCE = 2, OUT_NONE = 3 };
 
 static inline float bits_to_float(uint32_t bits) {
@@ -176,7 +184,7 @@ static void softplus_block(const float *rho, float *sigma, float *tail, int64_t 
  * BLOCK; the random numbers depend on the element's index only, not on the split. */
 
 /* Random signs: +1 or -1 with equal probability, one bit of a SplitMix64 output each. */
-void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
+TB_KERNEL void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
     for (int64_t start = 0; start < n; start += 64) {
         const uint64_t z = splitmix64(seed + (uint64_t)((offset + start) / 64 + 1) * 0x9E3779B97F4A7C15ULL);
         const int64_t m = n - start < 64 ? n - start : 64;
@@ -185,14 +193,14 @@ void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
     }
 }
 
-/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode; eps is written for OUT_SAMPLE
- * (the backward of OUT_PERTURBATION recovers it as out / sigma). With sums != NULL, also the sums
+/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode; eps is written for OUT_SAMPLE and
+ * OUT_PERTURBATION. With sums != NULL, also the sums
  * the KL divergence to N(loc, scale^2) needs: sums[0] = sum sigma^2, sums[1] = sum (mu - loc)^2,
  * sums[2] = sum log sigma. */
-void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, int mode,
+TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, int mode,
                          uint64_t seed, int64_t offset, float loc, double *sums) {
     double total_square = 0.0, total_deviation = 0.0, total_log = 0.0;
-    float sigma[BLOCK], noise[BLOCK];
+    float sigma[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
         const float *mean = mu + start;
@@ -203,8 +211,9 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *e
             normal_block(e, offset + start, m, seed);
             for (int64_t i = 0; i < m; i++) o[i] = mean[i] + sigma[i] * e[i];
         } else if (mode == OUT_PERTURBATION) {
-            normal_block(noise, offset + start, m, seed);
-            for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * noise[i];
+            float *e = eps + start;
+            normal_block(e, offset + start, m, seed);
+            for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * e[i];
         } else if (mode == OUT_VARIANCE) {
             for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * sigma[i];
         }
@@ -230,9 +239,9 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *e
 /* Gradients of out (by mode, with upstream grad_out, may be NULL), of an output equal to mu (with
  * upstream grad_mean, may be NULL; the sample's own gradient in mu for OUT_SAMPLE) and of kl_grad * KL,
  * where KL = (sum sigma^2 + sum (mu - loc)^2) / (2 prior_var) - sum log sigma + const. saved is eps
- * for OUT_SAMPLE and the forward's out for OUT_PERTURBATION. grad_mu and grad_rho may be NULL when
+ * (a perturbation sigma * eps takes the OUT_SAMPLE path without grad_mean). grad_mu and grad_rho may be NULL when
  * not needed. */
-void tb_gaussian_backward(const float *mu, const float *rho, const float *saved, const float *grad_out,
+TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, const float *saved, const float *grad_out,
                           const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
                           float kl_grad, float loc, float prior_var) {
     const float c = kl_grad / prior_var;
@@ -252,11 +261,9 @@ void tb_gaussian_backward(const float *mu, const float *rho, const float *saved,
             float *gr = grad_rho + start;
             const float *v = g && mode != OUT_VARIANCE ? saved + start : NULL;
             softplus_block(rho + start, sigma, tail, m);
-            /* d out / d sigma times grad_out, times sigma: g eps sigma = g out (perturbation) | 2 g sigma^2. */
+            /* d out / d sigma times grad_out, times sigma: g eps sigma | 2 g sigma^2. */
             if (g && mode == OUT_SAMPLE)
                 for (int64_t i = 0; i < m; i++) data[i] = g[i] * v[i] * sigma[i];
-            else if (g && mode == OUT_PERTURBATION)
-                for (int64_t i = 0; i < m; i++) data[i] = g[i] * v[i];
             else if (g && mode == OUT_VARIANCE)
                 for (int64_t i = 0; i < m; i++) data[i] = 2.0f * g[i] * sigma[i] * sigma[i];
             else
@@ -273,7 +280,7 @@ void tb_gaussian_backward(const float *mu, const float *rho, const float *saved,
 
 /* Local reparameterization output: out = mean + sqrt(max(var, tiny)) * eps with fresh eps, and the
  * derivative of out in var, eps / (2 sqrt(var)) where var >= tiny, else 0 (the clamp's gradient). */
-void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
+TB_KERNEL void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
                                  uint64_t seed, int64_t offset) {
     const float tiny = 1.17549435e-38f;
     float eps[BLOCK], std[BLOCK];
