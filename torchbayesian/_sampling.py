@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,11 +110,15 @@ class Scope:
 
 
 _active: ContextVar[Scope | None] = ContextVar("torchbayesian_scope", default=None)
+# torch.compile cannot trace a ContextVar; while it traces, scopes opened in the traced code live here.
+_traced = threading.local()
 _latest_kls: ContextVar[dict[int, KLRecord] | None] = ContextVar("torchbayesian_latest_kls", default=None)
 
 
 def active() -> Scope | None:
     """The innermost open scope of this thread or task, or ``None``."""
+    if torch.compiler.is_compiling():
+        return getattr(_traced, "scope", None)
     return _active.get()
 
 
@@ -139,18 +144,25 @@ def reuse_samples() -> Iterator[None]:
         >>> with bnn.reuse_samples():
         ...     assert torch.equal(layer.weight, layer.weight)
     """
-    if _active.get() is not None:
+    if active() is not None:
         yield
         return
-    with _opened(Scope()):
+    scope = Scope()
+    with _opened(scope):
         yield
+    if torch.compiler.is_compiling():
+        return
+    # The KLs the block computed stay available to `kl_divergence` after it (the natural
+    # ``loss = criterion(model(x), y) + model.kl_divergence() / n``), while still valid.
+    _latest_kls.set(scope.kl_records())
 
 
 @contextmanager
 def fresh_samples() -> Iterator[None]:
     """Draw new samples inside the block, even within an enclosing `reuse_samples` block.
 
-    The block is its own sampling scope; the enclosing block's samples are used again on exit.
+    The block is its own sampling scope; the enclosing block's samples are used again on exit,
+    and nothing it computed outlives it.
     """
     with _opened(Scope()):
         yield
@@ -158,19 +170,24 @@ def fresh_samples() -> Iterator[None]:
 
 @contextmanager
 def _opened(scope: Scope) -> Iterator[None]:
+    if torch.compiler.is_compiling():
+        outer = getattr(_traced, "scope", None)
+        _traced.scope = scope
+        try:
+            yield
+        finally:
+            _traced.scope = outer
+        return
     token = _active.set(scope)
     try:
         yield
     finally:
         _active.reset(token)
-        # The KLs the block computed stay available to `kl_divergence` after it (the natural
-        # ``loss = criterion(model(x), y) + model.kl_divergence() / n``), while still valid.
-        _latest_kls.set(scope.kl_records())
 
 
 def find_kl(posterior: nn.Module) -> KLRecord | None:
     """The KL recorded for ``posterior`` by the open scope, or else by the latest closed one of this thread."""
-    scope = _active.get()
+    scope = active()
     if scope is not None:
         for grad in (True, False):
             record = scope.records.get((id(posterior), grad))

@@ -66,11 +66,13 @@ def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
     """
     if not _gaussian_pair(posterior, prior):
         return torch.distributions.kl_divergence(posterior.distribution, prior.distribution).sum()
+    seed = torch.zeros((), dtype=torch.int64)
+    if torch.compiler.is_compiling():  # no version counters nor autograd hooks to trace: computed in the graph
+        return ops.gaussian_draw(posterior.mu, posterior.rho, seed, prior.loc, prior.scale, ops.KL_ONLY, True)[1]
     versions = state_versions(posterior)
     recorded = _sampling.find_kl(posterior)
     if recorded is not None and recorded.valid_for(posterior, prior, versions):
         return recorded.value if torch.is_grad_enabled() else recorded.value.detach()
-    seed = torch.zeros((), dtype=torch.int64)
     _, kl, _ = ops.gaussian_draw(posterior.mu, posterior.rho, seed, prior.loc, prior.scale, ops.KL_ONLY, True)
     scope = _sampling.active()
     if scope is not None:

@@ -165,7 +165,9 @@ class GaussianPosterior(VariationalPosterior):
             return {ops.SAMPLE: lambda: torch.addcmul(self.mu, sigma, noise), ops.PERTURBATION: lambda: sigma * noise,
                     ops.VARIANCE: sigma.square}[mode]()
         prior = self.prior
-        with_kl = record is not None and torch.is_grad_enabled() and _gaussian_pair(self, prior)
+        # Recording needs autograd hooks and version counters, which torch.compile does not trace.
+        with_kl = (record is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                   and _gaussian_pair(self, prior))
         loc, scale = (prior.loc, prior.scale) if with_kl else (self.mu.new_zeros(()), self.mu.new_ones(()))
         seed = ops.draw_seed() if mode != ops.VARIANCE else torch.zeros((), dtype=torch.int64)
         out, kl, _ = ops.gaussian_draw(self.mu, self.rho, seed, loc, scale, mode, with_kl)
