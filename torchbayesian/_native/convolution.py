@@ -40,15 +40,20 @@ def _setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
 def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     input, weight = ctx.saved_tensors
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    unbatched = input.dim() == 3
+    if unbatched:
+        input, grad = input.unsqueeze(0), grad.unsqueeze(0)
     grad = grad.contiguous()
-    native = need_weight and input.dim() == 4 and _native(input, weight, grad)
+    native = need_weight and not unbatched and _native(input, weight, grad)
     grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
         grad, input, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
         [need_input, need_weight and not native, False],
     )
     if native:
         grad_weight = _weight_grad(input.contiguous(), grad, weight, ctx.padding)
-    grad_bias = grad.sum((0, 2, 3) if grad.dim() == 4 else (1, 2)) if need_bias and ctx.has_bias else None
+    grad_bias = grad.sum((0, 2, 3)) if need_bias and ctx.has_bias else None
+    if unbatched and grad_input is not None:
+        grad_input = grad_input.squeeze(0)
     return grad_input, grad_weight, grad_bias, None
 
 
