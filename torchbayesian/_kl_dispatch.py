@@ -88,6 +88,6 @@ def _monte_carlo_kl(posterior: Any, q: Any, p: Any, num_samples: int | None) -> 
     return (q.log_prob(samples).sum() - p.log_prob(samples).sum()) / num_samples
 
 
-def state_versions(*modules: nn.Module) -> tuple[int, ...]:
-    """Version counters of the parameters and buffers of ``modules``: they change with any in-place update."""
-    return tuple(tensor._version for module in modules for tensor in (*module.parameters(), *module.buffers()))
+def state_versions(*modules: nn.Module) -> tuple[tuple[Tensor, int], ...]:
+    """The parameters and buffers of ``modules`` with their version counters, which any in-place update bumps."""
+    return tuple((tensor, tensor._version) for module in modules for tensor in (*module.parameters(), *module.buffers()))

@@ -23,7 +23,7 @@ class KLRecord:
         value (Tensor): The summed KL divergence.
         posterior (weakref.ref): The posterior it belongs to.
         prior (nn.Module): The prior it was computed against.
-        versions (tuple[int, ...]): Version counters of the posterior's and the prior's tensors then.
+        versions (tuple[tuple[Tensor, int], ...]): The posterior's and the prior's tensors and their versions then.
         with_grad (bool): Whether ``value`` was computed with gradient tracking.
         spent (bool): Set once backward has run through ``value``, whose graph is then freed.
     """
@@ -31,12 +31,14 @@ class KLRecord:
     value: Tensor
     posterior: weakref.ref[nn.Module]
     prior: nn.Module
-    versions: tuple[int, ...]
+    versions: tuple[tuple[Tensor, int], ...]
     with_grad: bool
     spent: bool = False
 
     @classmethod
-    def create(cls, value: Tensor, posterior: nn.Module, prior: nn.Module, versions: tuple[int, ...]) -> KLRecord:
+    def create(
+        cls, value: Tensor, posterior: nn.Module, prior: nn.Module, versions: tuple[tuple[Tensor, int], ...]
+    ) -> KLRecord:
         """Record ``value``, marking it spent as soon as backward runs through it."""
         record = cls(value, weakref.ref(posterior), prior, versions, torch.is_grad_enabled())
         if value.grad_fn is not None:
@@ -44,14 +46,15 @@ class KLRecord:
             value.grad_fn.register_prehook(lambda grads: _mark_spent(spent))
         return record
 
-    def valid_for(self, posterior: nn.Module, prior: nn.Module, versions: tuple[int, ...]) -> bool:
-        """Whether the record holds ``posterior``'s KL to ``prior`` at parameters with ``versions``, in this grad mode."""
+    def valid_for(self, posterior: nn.Module, prior: nn.Module, versions: tuple[tuple[Tensor, int], ...]) -> bool:
+        """Whether the record holds ``posterior``'s KL to ``prior`` for these very tensors and versions, in this grad mode."""
         return (
             not self.spent
             and self.posterior() is posterior
             and self.prior is prior
-            and self.versions == versions
             and (self.with_grad or not torch.is_grad_enabled())
+            and len(self.versions) == len(versions)
+            and all(a is b and u == v for (a, u), (b, v) in zip(self.versions, versions))
         )
 
 

@@ -159,7 +159,7 @@ class GaussianPosterior(VariationalPosterior):
         With a scope ``record``, with gradient, and a `GaussianPrior`, the same pass also computes
         the closed-form KL divergence, kept in ``record`` for `kl_divergence`.
         """
-        if not _softplus_scale(type(self)):
+        if not (_softplus_scale(type(self)) and _plain(self)):
             sigma = self.sigma
             noise = torch.randn_like(self.mu) if mode != ops.VARIANCE else None
             return {ops.SAMPLE: lambda: torch.addcmul(self.mu, sigma, noise), ops.PERTURBATION: lambda: sigma * noise,
@@ -185,10 +185,19 @@ def _softplus_scale(cls: type[GaussianPosterior]) -> bool:
     return cls.sigma is GaussianPosterior.sigma and cls._softplus_rho is GaussianPosterior._softplus_rho
 
 
+def _plain(posterior: GaussianPosterior) -> bool:
+    """Whether ``mu`` and ``rho`` are plain tensors; subclasses (FSDP's DTensor) take torch's operations."""
+    return type(posterior.mu) in _PLAIN and type(posterior.rho) in _PLAIN
+
+
+_PLAIN = (Tensor, nn.Parameter)
+
+
 def _gaussian_pair(posterior: GaussianPosterior, prior: object) -> bool:
     """Whether the KL of ``posterior`` to ``prior`` is the closed form `ops.gaussian_draw` computes."""
     return (
-        isinstance(prior, GaussianPrior)
+        _plain(posterior)
+        and isinstance(prior, GaussianPrior)
         and type(prior).distribution is GaussianPrior.distribution
         and type(posterior).distribution is GaussianPosterior.distribution
         and _softplus_scale(type(posterior))
