@@ -15,7 +15,7 @@
 
 /* Function multiversioning, as in gaussian.c. */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define TB_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+#define TB_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #else
 #define TB_KERNEL
 #endif

@@ -15,10 +15,11 @@
 
 #define BLOCK 512
 
-/* Function multiversioning: each exported kernel is compiled for several instruction sets and the
+/* Function multiversioning: each exported kernel, with every function it calls inlined (flatten), is
+ * compiled for several instruction sets (x86-64-v4: AVX-512; v3: AVX2 and FMA; the baseline), and the
  * dynamic loader picks the best one the CPU supports, so one build runs on any x86-64 CPU. */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define TB_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+#define TB_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #else
 #define TB_KERNEL
 #endif
