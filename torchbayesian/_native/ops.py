@@ -63,28 +63,28 @@ def _kl_dtype(dtype: torch.dtype) -> torch.dtype:
 @torch.library.custom_op("torchbayesian::gaussian_draw", mutates_args=())
 def gaussian_draw(
     mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, mode: int, with_kl: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Draw from ``N(mu, softplus(rho)^2)``; see `_torch_gaussian_draw` (the implementation on every device)."""
     return _torch_gaussian_draw(mu, rho, seed, loc, scale, mode, with_kl)
 
 
 def _torch_gaussian_draw(
     mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, mode: int, with_kl: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Draw from ``N(mu, softplus(rho)^2)`` and, with ``with_kl``, compute ``KL(q || N(loc, scale^2))`` summed.
 
-    Returns ``(out, kl, noise)``: ``out`` is ``mu + sigma * eps`` (`SAMPLE`), ``sigma * eps``
+    Returns ``(out, kl)``: ``out`` is ``mu + sigma * eps`` (`SAMPLE`), ``sigma * eps``
     (`PERTURBATION`), ``sigma^2`` (`VARIANCE`) or empty (`KL_ONLY`); ``kl`` is the summed KL
-    (zero without ``with_kl``), in float32 for float16/bfloat16 parameters; ``noise`` is ``eps``
-    (empty for `VARIANCE` and `KL_ONLY`), an output so that the backward pass can read it.
+    (zero without ``with_kl``), in float32 for float16/bfloat16 parameters. ``eps`` is not kept:
+    the backward pass draws it again from ``seed``.
     """
     mu, rho, loc, scale = (tensor.contiguous() for tensor in (mu, rho, loc, scale))
-    noise = _normal(mu, seed) if mode in _NOISY else mu.new_empty(0)
+    noise = _normal(mu, seed) if mode in _NOISY else None
     sigma = F.softplus(rho)
     out = {SAMPLE: lambda: torch.addcmul(mu, sigma, noise), PERTURBATION: lambda: sigma * noise,
            VARIANCE: lambda: sigma.square(), KL_ONLY: lambda: mu.new_empty(0)}[mode]()
     kl = _torch_kl(mu, sigma, loc, scale) if with_kl else mu.new_zeros((), dtype=_kl_dtype(mu.dtype))
-    return out, kl, noise
+    return out, kl
 
 
 def _torch_kl(mu: Tensor, sigma: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
@@ -98,42 +98,39 @@ def _torch_kl(mu: Tensor, sigma: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
 @gaussian_draw.register_kernel("cpu")
 def _gaussian_draw_cpu(
     mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, mode: int, with_kl: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     if not (_native(mu, rho) and loc.numel() == 1 and scale.numel() == 1):
         return _torch_gaussian_draw(mu, rho, seed, loc, scale, mode, with_kl)
     out = mu.new_empty(0) if mode == KL_ONLY else torch.empty_like(mu)
-    noise = torch.empty_like(mu) if mode in _NOISY else mu.new_empty(0)
     sums = torch.zeros(3, dtype=torch.float64)
     prior_loc, prior_scale = float(loc), float(scale)
     KERNELS.tb_gaussian_forward(
-        address(mu), address(rho), address(out) if mode != KL_ONLY else None, address(noise) if mode in _NOISY else None,
-        mu.numel(), mode, int(seed) & (2**64 - 1), 0, prior_loc, sums.data_ptr() if with_kl else None,
+        address(mu), address(rho), address(out) if mode != KL_ONLY else None, mu.numel(), mode,
+        int(seed) & (2**64 - 1), 0, prior_loc, sums.data_ptr() if with_kl else None,
     )
     if not with_kl:
-        return out, mu.new_zeros(()), noise
+        return out, mu.new_zeros(())
     square, deviation, log_sigma = sums.tolist()
     kl = (square + deviation) / (2 * prior_scale**2) - log_sigma + mu.numel() * (math.log(prior_scale) - 0.5)
-    return out, torch.tensor(kl, dtype=mu.dtype), noise
+    return out, torch.tensor(kl, dtype=mu.dtype)
 
 
 @gaussian_draw.register_fake
 def _gaussian_draw_fake(
     mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, mode: int, with_kl: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     out = mu.new_empty(0) if mode == KL_ONLY else torch.empty_like(mu)
-    noise = torch.empty_like(mu) if mode in _NOISY else mu.new_empty(0)
-    return out, mu.new_empty((), dtype=_kl_dtype(mu.dtype)), noise
+    return out, mu.new_empty((), dtype=_kl_dtype(mu.dtype))
 
 
-def _gaussian_draw_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
-    mu, rho, _, loc, scale, mode, with_kl = inputs
-    ctx.save_for_backward(mu, rho, loc, scale, output[2])
+def _gaussian_draw_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    mu, rho, seed, loc, scale, mode, with_kl = inputs
+    ctx.save_for_backward(mu, rho, seed, loc, scale)
     ctx.mode, ctx.with_kl = mode, with_kl
-    ctx.mark_non_differentiable(output[2])
 
 
-def _gaussian_draw_backward(ctx: Any, grad_out: Tensor, grad_kl: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:
-    mu, rho, loc, scale, noise = ctx.saved_tensors
+def _gaussian_draw_backward(ctx: Any, grad_out: Tensor, grad_kl: Tensor) -> tuple[Tensor | None, ...]:
+    mu, rho, seed, loc, scale = ctx.saved_tensors
     mode = ctx.mode
     if grad_out is None:
         grad_out = torch.zeros_like(mu) if mode != KL_ONLY else mu.new_empty(0)
@@ -141,13 +138,13 @@ def _gaussian_draw_backward(ctx: Any, grad_out: Tensor, grad_kl: Tensor, _: Tens
         grad_kl = None
     need_mu, need_rho, _, need_loc, need_scale = ctx.needs_input_grad[:5]
     if _native(mu, rho, grad_out) and loc.numel() == 1 and scale.numel() == 1 and not (need_loc or need_scale):
-        return (*_native_backward(mu, rho, loc, scale, noise, mode, grad_out, grad_kl, need_mu, need_rho),
+        return (*_native_backward(mu, rho, loc, scale, seed, mode, grad_out, grad_kl, need_mu, need_rho),
                 None, None, None, None, None)
     dtype = _kl_dtype(mu.dtype)
     sigma = F.softplus(rho)
     grad_mu = grad_out if mode == SAMPLE else torch.zeros_like(mu)
     if mode in _NOISY:
-        grad_sigma = grad_out * noise
+        grad_sigma = grad_out * _normal(mu, seed)  # the forward's eps, drawn again
     elif mode == VARIANCE:
         grad_sigma = 2 * grad_out * sigma
     else:
@@ -173,7 +170,7 @@ def _reduce_to(tensor: Tensor, shape: torch.Size) -> Tensor:
 
 
 def _native_backward(
-    mu: Tensor, rho: Tensor, loc: Tensor, scale: Tensor, noise: Tensor, mode: int, grad_out: Tensor,
+    mu: Tensor, rho: Tensor, loc: Tensor, scale: Tensor, seed: Tensor, mode: int, grad_out: Tensor,
     grad_kl: Tensor | None, need_mu: bool, need_rho: bool,
 ) -> tuple[Tensor | None, Tensor | None]:
     grad_out = grad_out.contiguous()
@@ -183,7 +180,7 @@ def _native_backward(
     has_out = mode != KL_ONLY
     # A perturbation sigma * eps differentiates like a sample without the mean's gradient.
     KERNELS.tb_gaussian_backward(
-        address(mu), address(rho), address(noise) if mode in _NOISY else None, address(grad_out) if has_out else None,
+        address(mu), address(rho), int(seed) & (2**64 - 1), address(grad_out) if has_out else None,
         address(grad_out) if mode == SAMPLE else None, address(grad_mu), address(grad_rho), mu.numel(),
         SAMPLE if mode == PERTURBATION else mode, kl_grad, float(loc), float(scale) ** 2,
     )
@@ -307,6 +304,6 @@ def _looped(op: Callable[..., Any], outputs: int) -> Callable[..., Any]:
     return rule
 
 
-torch.library.register_vmap(gaussian_draw, _looped(gaussian_draw, 3))
+torch.library.register_vmap(gaussian_draw, _looped(gaussian_draw, 2))
 torch.library.register_vmap(local_reparameterization, _looped(local_reparameterization, 2))
 torch.library.register_vmap(rademacher, _looped(rademacher, 1))
