@@ -168,7 +168,8 @@ def test_ops_work_under_torch_compile_vmap_and_meta_tensors() -> None:
     loc, scale = torch.tensor(0.0), torch.tensor(1.0)
     for op, args in ((ops.gaussian_draw, (mu, rho, ops.draw_seed(), loc, scale, ops.SAMPLE, True)),
                      (ops.local_reparameterization, (mu, rho.exp(), ops.draw_seed())),
-                     (ops.rademacher, (mu, [3, 2], ops.draw_seed()))):
+                     (ops.rademacher, (mu, [3, 2], ops.draw_seed())),
+                     (ops.gaussian_draw_backward, (mu, rho, ops.draw_seed(), loc, scale, mu, loc, ops.SAMPLE, True))):
         torch.library.opcheck(op, args)
     seeds = torch.stack([ops.draw_seed() for _ in range(4)])
     batched = torch.vmap(lambda seed: ops.gaussian_draw(mu, rho, seed, loc, scale, ops.SAMPLE, False)[0])(seeds)

@@ -20,8 +20,8 @@ from torch import Tensor
 
 from torchbayesian._native import KERNELS, address
 
-__all__ = ["KL_ONLY", "PERTURBATION", "SAMPLE", "VARIANCE", "draw_seed", "gaussian_draw", "local_reparameterization",
-           "rademacher"]
+__all__ = ["KL_ONLY", "PERTURBATION", "SAMPLE", "VARIANCE", "draw_seed", "gaussian_draw", "gaussian_draw_backward",
+           "local_reparameterization", "rademacher"]
 
 SAMPLE, PERTURBATION, VARIANCE, KL_ONLY = 0, 1, 2, 3
 """Modes of `gaussian_draw`: what its first output holds."""
@@ -129,17 +129,36 @@ def _gaussian_draw_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor
     ctx.mode, ctx.with_kl = mode, with_kl
 
 
-def _gaussian_draw_backward(ctx: Any, grad_out: Tensor, grad_kl: Tensor) -> tuple[Tensor | None, ...]:
+def _gaussian_draw_backward(ctx: Any, grad_out: Tensor | None, grad_kl: Tensor | None) -> tuple[Tensor | None, ...]:
     mu, rho, seed, loc, scale = ctx.saved_tensors
     mode = ctx.mode
     if grad_out is None:
         grad_out = torch.zeros_like(mu) if mode != KL_ONLY else mu.new_empty(0)
-    if not ctx.with_kl:
-        grad_kl = None
+    if grad_kl is None or not ctx.with_kl:
+        grad_kl = torch.zeros((), dtype=_kl_dtype(mu.dtype), device=mu.device)
     need_mu, need_rho, _, need_loc, need_scale = ctx.needs_input_grad[:5]
-    if _native(mu, rho, grad_out) and loc.numel() == 1 and scale.numel() == 1 and not (need_loc or need_scale):
-        return (*_native_backward(mu, rho, loc, scale, seed, mode, grad_out, grad_kl, need_mu, need_rho),
-                None, None, None, None, None)
+    grads = gaussian_draw_backward(mu, rho, seed, loc, scale, grad_out, grad_kl, mode, need_loc or need_scale)
+    return (grads[0] if need_mu else None, grads[1] if need_rho else None, None, grads[2] if need_loc else None,
+            grads[3] if need_scale else None, None, None)
+
+
+@torch.library.custom_op("torchbayesian::gaussian_draw_backward", mutates_args=())
+def gaussian_draw_backward(
+    mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor, grad_kl: Tensor, mode: int,
+    need_prior: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gradients in ``(mu, rho, loc, scale)`` of ``<grad_out, out> + grad_kl * kl`` for `gaussian_draw`.
+
+    An operator of its own, so that ``torch.compile`` traces the backward pass, which draws the
+    forward's ``eps`` again from ``seed``. Without ``need_prior`` the prior's gradients are zeros.
+    """
+    return _torch_backward(mu, rho, seed, loc, scale, grad_out, grad_kl, mode, need_prior)
+
+
+def _torch_backward(
+    mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor, grad_kl: Tensor, mode: int,
+    need_prior: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dtype = _kl_dtype(mu.dtype)
     sigma = F.softplus(rho)
     grad_mu = grad_out if mode == SAMPLE else torch.zeros_like(mu)
@@ -149,42 +168,47 @@ def _gaussian_draw_backward(ctx: Any, grad_out: Tensor, grad_kl: Tensor) -> tupl
         grad_sigma = 2 * grad_out * sigma
     else:
         grad_sigma = torch.zeros_like(mu)
-    grad_loc = grad_scale = None
-    if grad_kl is not None:
-        weight = grad_kl.to(dtype) / scale.to(dtype).square()
-        deviation = mu.to(dtype) - loc.to(dtype)
-        grad_mu = grad_mu + (weight * deviation).to(mu.dtype)
-        grad_sigma = grad_sigma + (weight * sigma.to(dtype) - grad_kl.to(dtype) / sigma.to(dtype)).to(mu.dtype)
-        if need_loc:
-            grad_loc = _reduce_to(-weight * deviation, loc.shape).to(loc.dtype)
-        if need_scale:
-            squares = (sigma.to(dtype).square() + deviation.square()) / scale.to(dtype).square()
-            grad_scale = _reduce_to(grad_kl.to(dtype) * (1 - squares) / scale.to(dtype), scale.shape).to(scale.dtype)
-    grad_rho = grad_sigma * torch.sigmoid(rho)
-    return grad_mu if need_mu else None, grad_rho if need_rho else None, None, grad_loc, grad_scale, None, None
+    weight = grad_kl.to(dtype) / scale.to(dtype).square()
+    deviation = mu.to(dtype) - loc.to(dtype)
+    grad_mu = grad_mu + (weight * deviation).to(mu.dtype)
+    grad_sigma = grad_sigma + (weight * sigma.to(dtype) - grad_kl.to(dtype) / sigma.to(dtype)).to(mu.dtype)
+    grad_loc, grad_scale = torch.zeros_like(loc), torch.zeros_like(scale)
+    if need_prior:
+        grad_loc = _reduce_to(-weight * deviation, loc.shape).to(loc.dtype)
+        squares = (sigma.to(dtype).square() + deviation.square()) / scale.to(dtype).square()
+        grad_scale = _reduce_to(grad_kl.to(dtype) * (1 - squares) / scale.to(dtype), scale.shape).to(scale.dtype)
+    return grad_mu, grad_sigma * torch.sigmoid(rho), grad_loc, grad_scale
+
+
+@gaussian_draw_backward.register_kernel("cpu")
+def _gaussian_draw_backward_cpu(
+    mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor, grad_kl: Tensor, mode: int,
+    need_prior: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if not (_native(mu, rho) and loc.numel() == 1 and scale.numel() == 1 and not need_prior):
+        return _torch_backward(mu, rho, seed, loc, scale, grad_out, grad_kl, mode, need_prior)
+    grad_out = grad_out.contiguous()
+    grad_mu, grad_rho = torch.empty_like(mu), torch.empty_like(rho)
+    # A perturbation sigma * eps differentiates like a sample without the mean's gradient.
+    KERNELS.tb_gaussian_backward(
+        address(mu), address(rho), int(seed) & (2**64 - 1), address(grad_out) if mode != KL_ONLY else None,
+        address(grad_out) if mode == SAMPLE else None, address(grad_mu), address(grad_rho), mu.numel(),
+        SAMPLE if mode == PERTURBATION else mode, float(grad_kl), float(loc), float(scale) ** 2,
+    )
+    return grad_mu, grad_rho, torch.zeros_like(loc), torch.zeros_like(scale)
+
+
+@gaussian_draw_backward.register_fake
+def _gaussian_draw_backward_fake(
+    mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor, grad_kl: Tensor, mode: int,
+    need_prior: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return torch.empty_like(mu), torch.empty_like(rho), torch.empty_like(loc), torch.empty_like(scale)
 
 
 def _reduce_to(tensor: Tensor, shape: torch.Size) -> Tensor:
     """Sum ``tensor`` down to ``shape``, to which it broadcasts."""
     return tensor.sum_to_size(shape) if len(shape) else tensor.sum()
-
-
-def _native_backward(
-    mu: Tensor, rho: Tensor, loc: Tensor, scale: Tensor, seed: Tensor, mode: int, grad_out: Tensor,
-    grad_kl: Tensor | None, need_mu: bool, need_rho: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    grad_out = grad_out.contiguous()
-    kl_grad = 0.0 if grad_kl is None else float(grad_kl)
-    grad_mu = torch.empty_like(mu) if need_mu else None
-    grad_rho = torch.empty_like(rho) if need_rho else None
-    has_out = mode != KL_ONLY
-    # A perturbation sigma * eps differentiates like a sample without the mean's gradient.
-    KERNELS.tb_gaussian_backward(
-        address(mu), address(rho), int(seed) & (2**64 - 1), address(grad_out) if has_out else None,
-        address(grad_out) if mode == SAMPLE else None, address(grad_mu), address(grad_rho), mu.numel(),
-        SAMPLE if mode == PERTURBATION else mode, kl_grad, float(loc), float(scale) ** 2,
-    )
-    return grad_mu, grad_rho
 
 
 gaussian_draw.register_autograd(_gaussian_draw_backward, setup_context=_gaussian_draw_setup)

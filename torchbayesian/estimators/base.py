@@ -140,23 +140,26 @@ class EstimatorPosterior(GaussianPosterior):
         Kept apart from the sample, so that reading ``layer.weight`` in the same scope still
         returns a full sample.
         """
-        scope = _sampling.active()
-        if scope is None:
-            return self._draw(ops.PERTURBATION, None)
-        record = scope.record(self)
-        if record.perturbation is None:
-            record.perturbation = self._draw(ops.PERTURBATION, record)
-        return record.perturbation
+        return self._draw_once(ops.PERTURBATION)
 
     def variance(self) -> Tensor:
         """Return ``sigma**2``, computed once per sampling scope."""
+        return self._draw_once(ops.VARIANCE)
+
+    def _draw_once(self, mode: int) -> Tensor:
+        """`_draw` for the perturbation or the variance, kept in the scope's record for later reads."""
         scope = _sampling.active()
         if scope is None:
-            return self._draw(ops.VARIANCE, None)
+            return self._draw(mode, None)
         record = scope.record(self)
-        if record.variance is None:
-            record.variance = self._draw(ops.VARIANCE, record)
-        return record.variance
+        kept = record.perturbation if mode == ops.PERTURBATION else record.variance
+        if kept is None:
+            kept = self._draw(mode, record)
+            if mode == ops.PERTURBATION:
+                record.perturbation = kept
+            else:
+                record.variance = kept
+        return kept
 
 
 class _EstimatorForward:
