@@ -106,7 +106,8 @@ def test_checkpointing_recomputes_the_same_sample_and_noise(device, posterior, u
         torch.testing.assert_close(value, reference)
 
 
-def test_hugging_face_gradient_checkpointing_gives_the_gradients_of_the_same_sample() -> None:
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_hugging_face_gradient_checkpointing_gives_the_gradients_of_the_same_sample(use_reentrant) -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
@@ -125,7 +126,7 @@ def test_hugging_face_gradient_checkpointing_gives_the_gradients_of_the_same_sam
 
     model.train()
     expected_loss, expected = gradients()
-    llama.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    llama.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert llama.model.layers[0].gradient_checkpointing
     loss, got = gradients()
     torch.testing.assert_close(loss, expected_loss)
