@@ -140,8 +140,8 @@ def evaluate(model: nn.Module, data: dict[str, Tensor], *, name: str, samples: i
 def plot(results: dict[str, dict], y_test: Tensor, out: Path) -> list[Path]:
     """Write the reliability diagrams and the uncertainty histograms of one seed; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.6), sharey=True)
-    for ax, (name, result) in zip(axes, results.items()):
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.6), sharey=True, squeeze=False)
+    for ax, (name, result) in zip(axes[0], results.items()):
         bnn.reliability_diagram(result["probs"], y_test, ax=ax, label="accuracy in bin")
         curve = bnn.reliability_curve(result["probs"], y_test)
         for left, accuracy, count in zip(curve.edges[:-1].tolist(), curve.accuracy.tolist(), curve.count.tolist()):
@@ -155,10 +155,10 @@ def plot(results: dict[str, dict], y_test: Tensor, out: Path) -> list[Path]:
     fig.savefig(reliability, dpi=100)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.0), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.0), sharex=True, sharey=True, squeeze=False)
     top = max(max(r["score_test"].max().item(), r["score_ood"].max().item()) for r in results.values())
     bins = torch.linspace(0, top + 1e-6, 31).numpy()
-    for ax, (name, result) in zip(axes, results.items()):
+    for ax, (name, result) in zip(axes[0], results.items()):
         ax.hist(result["score_test"].numpy(), bins=bins, alpha=0.6, density=True, label="test digits 0-7")
         ax.hist(result["score_ood"].numpy(), bins=bins, alpha=0.6, density=True, label="OOD digits 8-9")
         ax.set_title(f"{name} (OOD AUROC {result['ood_auroc']:.3f})", fontsize=10)
