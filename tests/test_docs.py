@@ -5,6 +5,7 @@ Blocks of one page run in order in one namespace, like a notebook. A block that 
 """
 
 import ast
+import importlib.util
 import re
 import zlib
 from pathlib import Path
@@ -150,3 +151,39 @@ def test_each_module_has_one_reference_page() -> None:
     navigation = (ROOT / "mkdocs.yml").read_text()
     unlisted = [found[0] for found in pages.values() if found[0] not in navigation]
     assert not unlisted, f"API pages missing from the nav of mkdocs.yml: {unlisted}"
+
+
+def _mathml_hook():
+    spec = importlib.util.spec_from_file_location("docs_mathml_hook", DOCS / "_hooks" / "mathml.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_formulas_become_mathml_when_the_site_is_built() -> None:
+    hook = _mathml_hook()
+    page = (
+        '<p>weight <span class="arithmatex">\\(1/N\\)</span></p>\n'
+        '<div class="arithmatex">\\[\n\\frac{a}{b} &lt; \\log p\n\\]</div>'
+    )
+    rendered = hook.render_math(page)
+    assert "\\(" not in rendered and "\\[" not in rendered and "\\frac" not in rendered
+    assert rendered.count('<math xmlns="http://www.w3.org/1998/Math/MathML"') == 2
+    assert '<span class="arithmatex"><math' in rendered and 'display="inline"' in rendered
+    assert '<div class="arithmatex"><math' in rendered and 'display="block"' in rendered
+    assert "<mfrac>" in rendered and "&#x0003C;" in rendered  # the escaped "<" is read as TeX's "<"
+    assert '<mi>log</mi><mspace width="0.1667em">' in rendered
+    with pytest.raises(ValueError, match=r"cannot convert '\\\\notacommand\{x\}'.*not supported"):
+        hook.render_math('<span class="arithmatex">\\(\\notacommand{x}\\)</span>')
+
+
+def test_site_loads_nothing_from_other_hosts(site: Path) -> None:
+    external = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"(?:https?:)?//", re.IGNORECASE)
+    offenders = {
+        str(page.relative_to(site)): match.group(0)
+        for page in site.rglob("*.html")
+        if (match := external.search(page.read_text()))
+    }
+    assert not offenders, f"pages that load scripts, styles or images from other hosts: {offenders}"
+    elbo = (site / "guide" / "elbo" / "index.html").read_text()
+    assert elbo.count("<math ") >= 20 and "\\frac" not in elbo.split("<body", 1)[1].split("<script", 1)[0]

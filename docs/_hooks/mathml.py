@@ -16,14 +16,28 @@ _ARITHMATEX = re.compile(
     r'<(?P<tag>span|div) class="arithmatex">(?P<open>\\\(|\\\[)(?P<tex>.*?)(?:\\\)|\\\])</(?P=tag)>',
     flags=re.DOTALL,
 )
+# TeX sets a thin space between an operator name and an ordinary argument: \log p, \exp x, \max_i a.
+_OPERATOR_THEN_ARGUMENT = re.compile(
+    r"(<mi>(?:log|exp|max|min|sup|inf|sin|cos|tanh|det|arg)</mi>)(?=<mi|<mn|<mrow|<msub|<msup)"
+)
+# latex2mathml passes a command it does not know through as text, such as <mi>\foo</mi>.
+_UNCONVERTED = re.compile(r">[^<]*\\[A-Za-z]+[^<]*<")
 
 
 def to_mathml(tex: str, *, display: bool) -> str:
-    """Return the MathML element for one TeX formula, in the wrapper arithmatex gave it."""
+    """Return one TeX formula as MathML, in the wrapper arithmatex gave it.
+
+    Raises:
+        ValueError: If latex2mathml fails or leaves a TeX command unconverted.
+    """
+    source = tex.strip()
     try:
-        mathml = convert(tex.strip(), display="block" if display else "inline")
-    except Exception as error:  # latex2mathml raises several exception types for unsupported input
-        raise ValueError(f"cannot convert {tex.strip()!r} to MathML: {error}") from error
+        mathml = convert(source, display="block" if display else "inline")
+    except Exception as error:  # latex2mathml raises several exception types for malformed input
+        raise ValueError(f"cannot convert {source!r} to MathML: {error}") from error
+    if leftover := _UNCONVERTED.search(mathml):
+        raise ValueError(f"cannot convert {source!r} to MathML: {leftover.group(0)[1:-1]!r} is not supported")
+    mathml = _OPERATOR_THEN_ARGUMENT.sub(r'\1<mspace width="0.1667em"></mspace>', mathml)
     return f'<div class="arithmatex">{mathml}</div>' if display else f'<span class="arithmatex">{mathml}</span>'
 
 
