@@ -5,8 +5,9 @@
 #   scripts/install.sh examples   what examples/ needs (the [examples] extra)
 #
 # On a Debian-like system, missing system packages are installed with apt-get (through sudo when not
-# root): python3-venv, a C compiler (torchbayesian's fused CPU kernels) and, for the test suite,
-# chromium and chromium-driver (the docs browser test). Elsewhere the script says what to install.
+# root, after apt-get update): python3-venv; a C compiler and the Python headers (torchbayesian's
+# fused CPU kernels); for the test suite, chromium and chromium-driver (the docs browser test).
+# Elsewhere the script says what to install.
 # torch==2.13.0 is installed first and kept pinned, so pip never resolves a newer, CUDA-sized torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ packages=()
 have python3 || packages+=(python3)
 { have python3 && python3 -c "import ensurepip, venv" 2>/dev/null; } || packages+=(python3-venv)
 have "${CC:-cc}" || packages+=(gcc libc6-dev)
+python_h='import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))'
+{ have python3 && python3 -c "$python_h" 2>/dev/null; } || packages+=(python3-dev)
 if [ "$extra" = test ]; then
     have "${CHROMIUM:-chromium}" || have chromium-browser || have google-chrome || packages+=(chromium)
     have "${CHROMEDRIVER:-chromedriver}" || packages+=(chromium-driver)

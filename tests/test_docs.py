@@ -6,7 +6,10 @@ Blocks of one page run in order in one namespace, like a notebook. A block that 
 
 import ast
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -187,3 +190,38 @@ def test_site_loads_nothing_from_other_hosts(site: Path) -> None:
     assert not offenders, f"pages that load scripts, styles or images from other hosts: {offenders}"
     elbo = (site / "guide" / "elbo" / "index.html").read_text()
     assert elbo.count("<math ") >= 20 and "\\frac" not in elbo.split("<body", 1)[1].split("<script", 1)[0]
+
+
+def _bash_lines(text: str) -> list[str]:
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_readme_set_up_commands_are_what_ci_runs() -> None:
+    readme = _bash_lines((ROOT / "README.md").read_text())
+    assert readme[:2] == [
+        "scripts/install.sh examples && .venv/bin/python examples/digits.py",
+        "scripts/install.sh && .venv/bin/python -m pytest",
+    ], readme[:2]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "\nscripts/install.sh test\n" in ci and "\n.venv/bin/python -m pytest" in ci, ci
+    script = (ROOT / "scripts" / "install.sh").read_text()
+    for needed in ("apt-get update", "sudo", "(chromium)", "(chromium-driver)", "torch==2.13.0", '-e ".[$extra]"'):
+        assert needed in script, needed
+    installation = (DOCS / "installation.md").read_text()
+    assert "torch==2.13.0" in installation and "pip install torch\n" not in installation
+
+
+def test_readme_benchmark_commands_use_existing_flags() -> None:
+    commands = [line for line in _bash_lines((ROOT / "README.md").read_text()) if "benchmarks/" in line]
+    assert len(commands) >= 4, commands
+    helps: dict[str, str] = {}
+    for command in commands:
+        script = re.search(r"benchmarks/\w+\.py", command).group(0)
+        if script not in helps:
+            result = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
+                                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, timeout=120)
+            helps[script] = result.stdout
+        flags = re.findall(r"(?<=\s)--[a-z][a-z-]*", command)
+        unknown = [flag for flag in flags if flag not in helps[script]]
+        assert not unknown, f"README runs {script} with flags it does not define: {unknown}"

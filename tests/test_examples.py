@@ -1,3 +1,4 @@
+import ast
 import importlib.util
 import os
 import re
@@ -6,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.example_checks import EXAMPLES, figure_problems, quoted_numbers, unprinted_quotes
 
@@ -81,8 +83,6 @@ def test_example_docstrings_quote_no_measured_numbers(script: str) -> None:
 
 def test_figure_check_catches_a_legend_over_the_data() -> None:
     regression = _import_example("regression.py")
-    import torch
-
     x, y = regression.make_data(100, torch.Generator().manual_seed(0))
     grid = torch.linspace(-5, 5, 101).unsqueeze(-1)
     center = torch.sin(2 * grid).squeeze(-1)
@@ -100,3 +100,18 @@ def test_digits_help_runs():
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "digits.py"), "--help"],
                             capture_output=True, text=True, env=env, check=True)
     assert "--quick" in result.stdout and "--out" in result.stdout
+
+
+# benchmarks/train_step.py is being re-measured and reworked under issue 19.
+@pytest.mark.parametrize(
+    "script", sorted(path.name for path in (ROOT / "benchmarks").glob("*.py") if path.name != "train_step.py")
+)
+def test_benchmark_flags_have_help_text(script: str) -> None:
+    tree = ast.parse((ROOT / "benchmarks" / script).read_text())
+    flags = [
+        call for call in ast.walk(tree)
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "add_argument"
+    ]
+    assert flags, f"{script} defines no command-line flags"
+    silent = [ast.literal_eval(call.args[0]) for call in flags if not any(k.arg == "help" for k in call.keywords)]
+    assert not silent, f"{script}: flags without help text: {silent}"
