@@ -67,7 +67,8 @@ def plot(
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Train, plot and print; return the printed standard deviations by region."""
     parser = argparse.ArgumentParser(description="1-D heteroscedastic regression with aleatoric and epistemic bands.")
-    parser.add_argument("--steps", type=int, default=None, help="full-batch training steps (default 1500, 200 with --quick)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="full-batch training steps (default 1500, 200 with --quick)")
     parser.add_argument("--points", type=int, default=None, help="training points (default 2000, 500 with --quick)")
     parser.add_argument("--samples", type=int, default=64, help="Monte Carlo samples at prediction time")
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests")
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     plt.close(fig)
 
     spread = {
-        region: {"epistemic_std": epistemic_std[where].mean().item(), "aleatoric_std": aleatoric_std[where].mean().item()}
+        region: {"epistemic_std": epistemic_std[where].mean().item(),
+                 "aleatoric_std": aleatoric_std[where].mean().item()}
         for region, where in (("inside", inside), ("outside", ~inside))
     }
     print(f"steps={steps} samples={args.samples} train={len(x)}")
