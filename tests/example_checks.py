@@ -38,10 +38,10 @@ def unprinted_quotes(script: str, printed: str) -> list[str]:
     printed_lines = printed.splitlines()
     missing = []
     for line in quoted_output(script):
-        parts = [re.escape(part) for part in re.split(r"=\S+|\.\.\.", line)]
-        fields = re.findall(r"=\S+|\.\.\.", line)
-        pattern = "".join(part + ("" if i == len(fields) else (r"=\S+" if fields[i].startswith("=") else ".*"))
-                          for i, part in enumerate(parts))
+        tokens = re.split(r"(=\S+|\.\.\.)", line)
+        pattern = "".join(
+            r"=\S+" if token.startswith("=") else ".*" if token == "..." else re.escape(token) for token in tokens
+        )
         if not any(re.fullmatch(pattern, printed_line.strip()) for printed_line in printed_lines):
             missing.append(line)
     return missing
@@ -62,10 +62,10 @@ def figure_problems(fig: Figure) -> list[str]:
             problems.append(f"{name}: no y-axis label")
         if not (ax.get_title() or has_suptitle):
             problems.append(f"{name}: no title")
-        legend = ax.get_legend()
-        if legend is not None:
-            covered = _data_under(ax, legend.get_window_extent(renderer))
-            problems.extend(f"{name}: the legend covers {what}" for what in covered)
+        for legend in [ax.get_legend(), *fig.legends]:
+            if legend is not None:
+                covered = _data_under(ax, legend.get_window_extent(renderer))
+                problems.extend(f"{name}: the legend covers {what}" for what in covered)
     return problems
 
 
