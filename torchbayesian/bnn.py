@@ -1,7 +1,8 @@
 """The public API: ``from torchbayesian import bnn``.
 
-`BayesianTrainer`, `load_bayesian`, `save_bayesian` and `transformer_policy` need transformers and are
-imported on first access; they are left out of ``__all__`` so that ``import *`` does not need it.
+`BayesianTrainer`, `load_bayesian`, `save_bayesian` and `transformer_policy` need transformers, and
+`BayesianLightningModule` needs lightning; they are imported on first access and left out of ``__all__``
+so that ``import *`` needs neither.
 """
 
 from typing import Any
@@ -19,6 +20,7 @@ from torchbayesian.checkpoints import IncompatibleKeys, load_deterministic_state
 from torchbayesian.debug import detect_anomalies
 from torchbayesian.decorator import bayesian
 from torchbayesian.distributed import seed_per_rank
+from torchbayesian.dropout import MCDropout, enable_mc_dropout, is_dropout
 from torchbayesian.estimators import (
     FlipoutPosterior,
     LayerOp,
@@ -104,6 +106,7 @@ __all__ = [
     "LayerOp",
     "Linear",
     "LocalReparameterizationPosterior",
+    "MCDropout",
     "ModuleList",
     "Prior",
     "ReliabilityCurve",
@@ -118,12 +121,14 @@ __all__ = [
     "cyclical_kl_annealing",
     "detect_anomalies",
     "elbo_loss",
+    "enable_mc_dropout",
     "entropy",
     "epistemic_uncertainty",
     "expected_calibration_error",
     "frozen",
     "gaussian_uncertainty",
     "is_bayesian",
+    "is_dropout",
     "kl_divergence",
     "kl_weight",
     "linear_kl_warmup",
@@ -145,16 +150,21 @@ __all__ = [
 ]
 
 _HUGGINGFACE = ("BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy")
+_LIGHTNING = ("BayesianLightningModule",)
 
 
 def __getattr__(name: str) -> Any:
-    # The transformers integration is imported on first use, so that the core does not need transformers.
+    # The transformers and Lightning integrations are imported on first use, so that the core needs neither.
     if name in _HUGGINGFACE:
         from torchbayesian.integrations import huggingface
 
         return getattr(huggingface, name)
+    if name in _LIGHTNING:
+        from torchbayesian.integrations import lightning
+
+        return getattr(lightning, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_HUGGINGFACE])
+    return sorted([*globals(), *_HUGGINGFACE, *_LIGHTNING])
