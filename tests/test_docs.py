@@ -178,6 +178,10 @@ def test_formulas_become_mathml_when_the_site_is_built() -> None:
     assert '<mi>log</mi><mspace width="0.1667em">' in rendered
     with pytest.raises(ValueError, match=r"cannot convert '\\\\notacommand\{x\}'.*not supported"):
         hook.render_math('<span class="arithmatex">\\(\\notacommand{x}\\)</span>')
+    aligned = hook.render_math('<div class="arithmatex">\\[\\begin{aligned} a &= b \\\\ c &= d \\end{aligned}\\]</div>')
+    assert aligned.count("<mtr>") == 2 and "&amp;" not in aligned and "<mi>&</mi>" not in aligned
+    with pytest.raises(ValueError, match="not supported"):  # an alignment latex2mathml cannot lay out
+        hook.render_math('<div class="arithmatex">\\[ a &= b \\\\ c &= d \\]</div>')
 
 
 def test_site_loads_nothing_from_other_hosts(site: Path) -> None:

@@ -20,8 +20,12 @@ _ARITHMATEX = re.compile(
 _OPERATOR_THEN_ARGUMENT = re.compile(
     r"(<mi>(?:log|exp|max|min|sup|inf|sin|cos|tanh|det|arg)</mi>)(?=<mi|<mn|<mrow|<msub|<msup)"
 )
-# latex2mathml passes a command it does not know through as text, such as <mi>\foo</mi>.
-_UNCONVERTED = re.compile(r">[^<]*\\[A-Za-z]+[^<]*<")
+# latex2mathml passes a command it does not know through as text, such as <mi>\foo</mi>, and keeps the
+# "&" and "\\" of an environment it cannot lay out as a table: browsers would show the "&" and
+# ignore the line break.
+_UNCONVERTED = re.compile(r">[^<]*\\[A-Za-z]+[^<]*<|<mi>&</mi>|linebreak=\"newline\"")
+# latex2mathml lays out split (an mtable aligned right, then left) but not amsmath's aligned, the same layout.
+_ALIGNED = re.compile(r"\\(begin|end)\{aligned\}")
 
 
 def to_mathml(tex: str, *, display: bool) -> str:
@@ -32,11 +36,11 @@ def to_mathml(tex: str, *, display: bool) -> str:
     """
     source = tex.strip()
     try:
-        mathml = convert(source, display="block" if display else "inline")
+        mathml = convert(_ALIGNED.sub(r"\\\1{split}", source), display="block" if display else "inline")
     except Exception as error:  # latex2mathml raises several exception types for malformed input
         raise ValueError(f"cannot convert {source!r} to MathML: {error}") from error
     if leftover := _UNCONVERTED.search(mathml):
-        raise ValueError(f"cannot convert {source!r} to MathML: {leftover.group(0)[1:-1]!r} is not supported")
+        raise ValueError(f"cannot convert {source!r} to MathML: {leftover.group(0).strip('<>')!r} is not supported")
     mathml = _OPERATOR_THEN_ARGUMENT.sub(r'\1<mspace width="0.1667em"></mspace>', mathml)
     return f'<div class="arithmatex">{mathml}</div>' if display else f'<span class="arithmatex">{mathml}</span>'
 
