@@ -127,3 +127,50 @@ def test_matplotlib_is_not_imported_by_the_package():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert result.stdout.strip() == "False"
+
+
+def test_ece_bins_are_closed_on_the_right():
+    # (lo, hi] bins: confidence 0.5 falls in the first of two bins (a correct prediction), 0.7 in the
+    # second (a wrong one), so ECE = (|1 - 0.5| + |0 - 0.7|) / 2 = 0.6; [lo, hi) bins would give 0.1.
+    probs = torch.tensor([[0.5, 0.5], [0.7, 0.3]])
+    targets = torch.tensor([0, 1])
+    assert bnn.expected_calibration_error(probs, targets, num_bins=2).item() == pytest.approx(0.6)
+    curve = bnn.reliability_curve(probs, targets, num_bins=2)
+    assert curve.count.tolist() == [1.0, 1.0]
+
+
+def _ece_exact(numerators: list[list[int]], denominator: int, targets: list[int], num_bins: int) -> float:
+    """ECE in exact rational arithmetic: bin b holds confidences in (b/B, (b+1)/B], bin 0 also 0."""
+    from fractions import Fraction
+    from math import ceil
+
+    bins: dict[int, list[tuple[Fraction, int]]] = {}
+    for row, target in zip(numerators, targets):
+        confidence = Fraction(max(row), denominator)
+        predicted = row.index(max(row))  # ties: the first maximal class
+        index = max(0, ceil(confidence * num_bins) - 1)
+        bins.setdefault(index, []).append((confidence, int(predicted == target)))
+    total = Fraction(0)
+    for members in bins.values():
+        gap = abs(sum(Fraction(c) for _, c in members) - sum(conf for conf, _ in members))
+        total += gap
+    return float(total / len(targets))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), num_bins=st.sampled_from([1, 2, 4, 8, 16]), classes=st.integers(2, 4))
+def test_ece_on_bin_edges_empty_bins_and_ties_matches_exact_arithmetic(data, num_bins, classes):
+    # Probabilities are multiples of 1/8, exact in binary floating point, so many confidences sit
+    # exactly on bin edges k / num_bins, rows often tie for the top class, and most bins stay empty.
+    denominator = 8
+    n = data.draw(st.integers(1, 12))
+    numerators = []
+    for _ in range(n):
+        cuts = sorted(data.draw(st.lists(st.integers(0, denominator), min_size=classes - 1, max_size=classes - 1)))
+        bounds = [0, *cuts, denominator]
+        numerators.append([bounds[i + 1] - bounds[i] for i in range(classes)])
+    targets = data.draw(st.lists(st.integers(0, classes - 1), min_size=n, max_size=n))
+    for dtype in (torch.float32, torch.float64):
+        probs = torch.tensor(numerators, dtype=dtype) / denominator
+        ece = bnn.expected_calibration_error(probs, torch.tensor(targets), num_bins=num_bins)
+        assert ece.item() == pytest.approx(_ece_exact(numerators, denominator, targets, num_bins), abs=1e-6)

@@ -58,10 +58,12 @@ from torchbayesian.losses import (
 from torchbayesian.mixin import BayesianMixin
 from torchbayesian.module import BayesianModule, frozen
 from torchbayesian.moped import to_bayesian
+from torchbayesian.ood import aupr, auroc, fpr_at_tpr
 from torchbayesian.posteriors import GaussianPosterior, ScaleMixturePosterior, VariationalPosterior
 from torchbayesian.predict import predict
 from torchbayesian.priors import DistributionPrior, GaussianPrior, LaplacePrior, Prior, ScaleMixturePrior
 from torchbayesian.registration import is_bayesian, posteriors, register_posterior, remove_posterior
+from torchbayesian.temperature import fit_temperature
 from torchbayesian.uncertainty import (
     AleatoricUncertainty,
     Entropy,
@@ -116,6 +118,8 @@ __all__ = [
     "VariationRatio",
     "VariationalPosterior",
     "aleatoric_uncertainty",
+    "aupr",
+    "auroc",
     "bayesian",
     "brier_score",
     "cyclical_kl_annealing",
@@ -125,6 +129,8 @@ __all__ = [
     "entropy",
     "epistemic_uncertainty",
     "expected_calibration_error",
+    "fit_temperature",
+    "fpr_at_tpr",
     "frozen",
     "gaussian_uncertainty",
     "is_bayesian",
