@@ -11,6 +11,11 @@ so load on a shared machine hits the variants alike. The table reports median st
 ratio to the deterministic step and, with ``--memory``, each worker's peak resident memory after its
 imports (model, optimizer state and activations) relative to the deterministic one.
 
+The Bayesian step is the loop a user writes, ``cross_entropy(model(x), y) + model.kl_divergence() / N``,
+with no `bnn.reuse_samples` block. ``--runs`` repeats the whole measurement in that many fresh sets of
+worker processes (glibc's heap decisions differ between processes, so one run can be lucky) and
+reports the median ratio with the lowest and highest run.
+
 Run ``python benchmarks/train_step.py --help`` for the options.
 """
 
@@ -76,7 +81,7 @@ def _bert() -> nn.Module:
     return BertForSequenceClassification(config)
 
 
-def _build(config: str, variant: str) -> _Case:
+def _build(config: str, variant: str, device: str) -> _Case:
     torch.manual_seed(0)
     if config == "mlp":
         model: nn.Module = _mlp()
@@ -98,7 +103,8 @@ def _build(config: str, variant: str) -> _Case:
         else:
             policy = {}
         model = bnn.BayesianModule(model, _posterior(variant), **policy)
-    return _Case(model, inputs, target)
+    inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
+    return _Case(model.to(device), inputs, target.to(device))
 
 
 def _posterior(variant: str) -> type[bnn.VariationalPosterior]:
@@ -129,8 +135,7 @@ def _step_function(case: _Case, optimizer_name: str, compile_model: bool) -> Cal
     def loss_fn(inputs: dict[str, Tensor], target: Tensor) -> Tensor:
         if not bayesian:
             return F.cross_entropy(_logits(model(**inputs)), target)
-        with bnn.reuse_samples():
-            return F.cross_entropy(_logits(model(**inputs)), target) + model.kl_divergence() / DATASET_SIZE
+        return F.cross_entropy(_logits(model(**inputs)), target) + model.kl_divergence() / DATASET_SIZE
 
     if compile_model:
         # Inductor's own CPU random generator is several times slower than aten's vectorised one.
@@ -153,7 +158,7 @@ def _time(config: str, optimizer_name: str, args: argparse.Namespace) -> dict[st
     workers = {}
     for variant in variants:
         command = [sys.executable, __file__, "--worker", config, variant, optimizer_name, "--warmup", str(args.warmup),
-                   "--threads", str(args.threads), "--clock", args.clock]
+                   "--threads", str(args.threads), "--clock", args.clock, "--device", args.device]
         command += ["--compile"] * args.compile + ["--keep-freed-memory"] * args.keep_freed_memory
         worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         _reply(worker)  # built and warmed up before the next worker starts
@@ -191,10 +196,17 @@ def _work(config: str, variant: str, optimizer_name: str, args: argparse.Namespa
         import transformers  # noqa: F401
     torch.randn(8).sum()
     baseline = _reset_peak_rss()
-    step = _step_function(_build(config, variant), optimizer_name, args.compile)
+    step = _step_function(_build(config, variant, args.device), optimizer_name, args.compile)
+    if args.device != "cpu":
+        device_step = step
+
+        def step() -> None:
+            device_step()
+            torch.cuda.synchronize()
+
     for _ in range(args.warmup):
         step()
-    clock = time.perf_counter if args.clock == "wall" else time.thread_time
+    clock = time.perf_counter if args.clock == "wall" or args.device != "cpu" else time.thread_time
     print(json.dumps({}), flush=True)
     for command in sys.stdin:
         if command.strip() != "step":
@@ -231,8 +243,9 @@ def _reset_peak_rss() -> int:
 
 
 def _table(
-    rows: list[tuple[str, str, dict[str, float]]], variants: list[str], page_faults: bool, memory: bool
+    rows: list[tuple[str, str, list[dict[str, float]]]], variants: list[str], page_faults: bool, memory: bool
 ) -> str:
+    """One row per model and optimizer: medians over runs, and the ratio's lowest and highest run when several."""
     bayes = [v for v in variants if v != "deterministic"]
     header = ["model", "optimizer", "deterministic (ms)"] + [f"{v} (ms, ratio)" for v in bayes]
     if page_faults:
@@ -240,16 +253,25 @@ def _table(
     if memory:
         header += ["peak memory deterministic (MB)"] + [f"{v} memory ratio" for v in bayes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for config, optimizer_name, times in rows:
-        base = times["deterministic"]
+    for config, optimizer_name, runs in rows:
+        def median(key: str) -> float:
+            return statistics.median(run[key] for run in runs)
+
+        base = median("deterministic")
         cells = [config, optimizer_name, f"{base * 1e3:.1f}"]
-        cells += [f"{times[v] * 1e3:.1f} ({times[v] / base:.2f})" if v in times else "-" for v in bayes]
+        for v in bayes:
+            if v not in runs[0]:
+                cells.append("-")
+                continue
+            ratios = sorted(run[v] / run["deterministic"] for run in runs)
+            spread = f" [{ratios[0]:.2f}-{ratios[-1]:.2f}]" if len(runs) > 1 else ""
+            cells.append(f"{median(v) * 1e3:.1f} ({statistics.median(ratios):.2f}{spread})")
         if page_faults:
-            cells += [f"{times[f'{v} faults']:.0f}" if v in times else "-" for v in variants]
+            cells += [f"{median(f'{v} faults'):.0f}" if v in runs[0] else "-" for v in variants]
         if memory:
-            det = times["deterministic peak"]
+            det = median("deterministic peak")
             cells += [f"{det / 2**20:.0f}"]
-            cells += [f"{times[f'{v} peak'] / det:.2f}" if v in times else "-" for v in bayes]
+            cells += [f"{median(f'{v} peak') / det:.2f}" if v in runs[0] else "-" for v in bayes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -257,12 +279,17 @@ def _table(
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+                        help="model configurations to time (default: all)")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS),
                         help="adam: Adam(lr=1e-3) with torch's default implementation; adam-fused: Adam(fused=True).")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant (median reported)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant and run (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat everything in this many fresh sets of worker processes and report the spread")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every worker")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the models and data, e.g. cpu or cuda (wall-clock time, synchronised)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="cpu: the thread's CPU time (robust to other processes on a shared machine; "
                         "use with --threads 1), wall: elapsed time")
@@ -289,12 +316,15 @@ def main(argv: list[str] | None = None) -> None:
     for config in args.models:
         variants += [v for v in _variants(config) if v not in variants]
         for optimizer_name in args.optimizers:
-            rows.append((config, optimizer_name, _time(config, optimizer_name, args)))
+            runs = [_time(config, optimizer_name, args) for _ in range(args.runs)]
+            rows.append((config, optimizer_name, runs))
             print(_table(rows[-1:], _variants(config), args.page_faults, args.memory), flush=True)
     print()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} timed steps after {args.warmup} "
-          f"warm-up steps, median {args.clock} time per step{', torch.compile (inductor)' if args.compile else ''}"
-          f"{', freed memory kept (mallopt)' if args.keep_freed_memory else ''}")
+    print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.runs} run(s) of {args.steps} "
+          f"timed steps after {args.warmup} warm-up steps, median {args.clock} time per step"
+          f"{', torch.compile (inductor)' if args.compile else ''}"
+          f"{', freed memory kept (mallopt)' if args.keep_freed_memory else ''}"
+          f"; ratios: median [lowest-highest run]")
     print(_table(rows, variants, args.page_faults, args.memory))
 
 

@@ -29,7 +29,6 @@ def test_gradients_match_torch_in_float64(batch, out_channels, height, width, ke
     weight = torch.randn(out_channels, 1, *kernel, generator=generator).requires_grad_()
     bias = torch.randn(out_channels, generator=generator).requires_grad_()
     out = conv2d_single_channel(x, weight, bias, padding)
-    assert type(out.grad_fn).__name__ == "_SingleChannelConv2dBackward"
     upstream = torch.randn(out.shape, generator=generator)
     grads = torch.autograd.grad((out * upstream).sum(), (x, weight, bias))
     inputs64 = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
@@ -40,29 +39,20 @@ def test_gradients_match_torch_in_float64(batch, out_channels, height, width, ke
         torch.testing.assert_close(got.double(), reference, rtol=1e-4, atol=1e-4)
 
 
-def test_threads_split_the_batch_without_changing_the_weight_gradient() -> None:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 1, 12, 12, generator=generator)
-    weight = torch.randn(3, 1, 5, 5, generator=generator).requires_grad_()
-    upstream = torch.randn(64, 3, 12, 12, generator=generator)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 4):
-            torch.set_num_threads(count)
-            out = conv2d_single_channel(x, weight, None, (2, 2))
-            results.append(torch.autograd.grad((out * upstream).sum(), weight)[0])
-    finally:
-        torch.set_num_threads(threads)
-    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-5)
-
-
-def test_other_dtypes_and_unbatched_inputs_use_torch() -> None:
-    weight = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-    out = conv2d_single_channel(torch.randn(1, 1, 5, 5, dtype=torch.float64), weight, None, (1, 1))
-    assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
-    out = conv2d_single_channel(torch.randn(1, 5, 5), weight.detach().float().requires_grad_(), None, (1, 1))
-    assert out.shape == (2, 5, 5) and type(out.grad_fn).__name__ == "SqueezeBackward1"  # torch's unbatched path
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batched", [True, False])
+def test_other_dtypes_and_unbatched_inputs_match_torch(dtype, batched) -> None:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(*([2] if batched else []), 1, 5, 5, generator=generator, dtype=dtype).requires_grad_()
+    weight = torch.randn(2, 1, 3, 3, generator=generator, dtype=dtype).requires_grad_()
+    bias = torch.randn(2, generator=generator, dtype=dtype).requires_grad_()
+    out = conv2d_single_channel(x, weight, bias, (1, 1))
+    expected = F.conv2d(x, weight, bias, padding=1)
+    torch.testing.assert_close(out, expected)
+    upstream = torch.randn_like(out)
+    for got, reference in zip(torch.autograd.grad((out * upstream).sum(), (x, weight, bias)),
+                              torch.autograd.grad((expected * upstream).sum(), (x, weight, bias))):
+        torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -203,10 +203,8 @@ def _bash_lines(text: str) -> list[str]:
 
 def test_readme_set_up_commands_are_what_ci_runs() -> None:
     readme = _bash_lines((ROOT / "README.md").read_text())
-    assert readme[:2] == [
-        "scripts/install.sh examples && .venv/bin/python examples/digits.py",
-        "scripts/install.sh && .venv/bin/python -m pytest",
-    ], readme[:2]
+    assert readme[0] == "scripts/install.sh examples && .venv/bin/python examples/digits.py", readme[0]
+    assert readme[1].startswith("scripts/install.sh && .venv/bin/python -m pytest"), readme[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "\nscripts/install.sh test\n" in ci and "\n.venv/bin/python -m pytest" in ci, ci
     script = (ROOT / "scripts" / "install.sh").read_text()

@@ -10,7 +10,8 @@ from torch.distributions import Normal
 from torch.distributions import kl_divergence as distribution_kl
 
 from torchbayesian import bnn
-from torchbayesian.kl import _ScalarPriorGaussianKL, posterior_kl
+from torchbayesian._kl_dispatch import posterior_kl
+from torchbayesian._native import ops
 
 _shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
 
@@ -71,13 +72,20 @@ def test_fast_kl_matches_monte_carlo(prior):
         assert abs(posterior_kl(q) - estimate) < 4 * error
 
 
-def test_scalar_prior_kl_backward_passes_gradcheck():
+@pytest.mark.parametrize("mode", [ops.SAMPLE, ops.PERTURBATION, ops.VARIANCE, ops.KL_ONLY])
+def test_gaussian_draw_backward_passes_gradcheck(mode):
     torch.manual_seed(0)
     mu = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
-    sigma = (torch.rand(3, 2, dtype=torch.float64) + 0.1).requires_grad_()
+    rho = torch.randn(3, 2, dtype=torch.float64).requires_grad_()
     loc = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
     scale = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_ScalarPriorGaussianKL.apply, (mu, sigma, loc, scale))
+    seed = ops.draw_seed()
+
+    def draw(mu, rho, loc, scale):
+        out, kl = ops.gaussian_draw(mu, rho, seed, loc, scale, mode, True)
+        return out, kl
+
+    assert torch.autograd.gradcheck(draw, (mu, rho, loc, scale))
 
 
 def test_subclass_that_changes_the_distribution_does_not_use_the_fast_path():

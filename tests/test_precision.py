@@ -33,7 +33,8 @@ def test_low_and_high_precision_models_train(dtype: torch.dtype) -> None:
     y = torch.randint(0, 3, (6,))
     output = model(x)
     kl = model.kl_divergence()
-    assert output.dtype == kl.dtype == dtype
+    assert output.dtype == dtype
+    assert kl.dtype == (torch.float32 if dtype == torch.bfloat16 else dtype)  # a summed KL needs float32's range
     assert torch.isfinite(output).all() and torch.isfinite(kl)
     for _, posterior in model.posteriors():
         sample = posterior.sample_parameters()
@@ -63,7 +64,7 @@ def test_to_dtype_moves_posteriors_and_priors_together(dtype: torch.dtype) -> No
     for _, posterior in model.posteriors():
         assert posterior.dtype == dtype
         assert posterior.prior.loc.dtype == posterior.prior.scale.dtype == dtype
-    assert model.kl_divergence().dtype == dtype
+    assert model.kl_divergence().dtype == (dtype if dtype == torch.float64 else torch.float32)
     model.float()
     assert _dtypes(model) == {torch.float32}
 

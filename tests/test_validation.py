@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -39,6 +39,8 @@ def test_posterior_rejects_non_number_sigma(sigma: object) -> None:
 @SETTINGS
 @given(sigma=st.floats(min_value=0.0, exclude_min=True, allow_infinity=False), dtype=FLOAT_DTYPES,
        shape=SHAPES, mu=st.floats(-100, 100))
+@example(sigma=34.0, dtype=torch.float16, shape=(64, 64), mu=99.0)  # a float16 KL sum beyond 65504
+@example(sigma=250.0, dtype=torch.float16, shape=(64, 64), mu=-100.0)
 def test_any_accepted_sigma_gives_finite_samples_and_kl(sigma: float, dtype: torch.dtype, shape: tuple[int, ...],
                                                         mu: float) -> None:
     try:

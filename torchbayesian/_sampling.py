@@ -1,16 +1,128 @@
-"""Share one weight sample per posterior within a block of code."""
+"""Sampling scopes: one weight sample per posterior within a block of code, held per thread and task."""
 
-from collections.abc import Callable, Iterator
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["reuse_samples"]
+__all__ = ["KLRecord", "Record", "Scope", "fresh_samples", "reuse_samples"]
 
-_depth = 0
-_cache: dict[tuple[int, str, bool], Any] = {}
+
+@dataclass(eq=False)
+class KLRecord:
+    """A KL divergence computed for one posterior, valid while the tensors it read keep their versions.
+
+    Attributes:
+        value (Tensor): The summed KL divergence.
+        posterior (weakref.ref): The posterior it belongs to.
+        prior (nn.Module): The prior it was computed against.
+        versions (tuple[tuple[Tensor, int], ...]): The posterior's and the prior's tensors and their versions then.
+        with_grad (bool): Whether ``value`` was computed with gradient tracking.
+        spent (bool): Set once backward has run through ``value``, whose graph is then freed.
+    """
+
+    value: Tensor
+    posterior: weakref.ref[nn.Module]
+    prior: nn.Module
+    versions: tuple[tuple[Tensor, int], ...]
+    with_grad: bool
+    spent: bool = False
+
+    @classmethod
+    def create(
+        cls, value: Tensor, posterior: nn.Module, prior: nn.Module, versions: tuple[tuple[Tensor, int], ...]
+    ) -> KLRecord:
+        """Record ``value``, marking it spent as soon as backward runs through it."""
+        record = cls(value, weakref.ref(posterior), prior, versions, torch.is_grad_enabled())
+        if value.grad_fn is not None:
+            spent = weakref.ref(record)
+            value.grad_fn.register_prehook(lambda grads: _mark_spent(spent))
+        return record
+
+    def valid_for(self, posterior: nn.Module, prior: nn.Module, versions: tuple[tuple[Tensor, int], ...]) -> bool:
+        """Whether the record holds ``posterior``'s KL to ``prior`` for these very tensors and versions, in this grad mode."""
+        return (
+            not self.spent
+            and self.posterior() is posterior
+            and self.prior is prior
+            and (self.with_grad or not torch.is_grad_enabled())
+            and len(self.versions) == len(versions)
+            and all(a is b and u == v for (a, u), (b, v) in zip(self.versions, versions))
+        )
+
+
+def _mark_spent(record: weakref.ref[KLRecord]) -> None:
+    found = record()
+    if found is not None:
+        found.spent = True
+
+
+@dataclass(eq=False)
+class Record:
+    """What one posterior has drawn in a scope, in one grad mode; ``None`` where not drawn yet.
+
+    Attributes:
+        posterior (nn.Module): The posterior (kept so that its id stays valid while the scope lives).
+        sample (Tensor | None): The weight sample every read of the tensor returns.
+        perturbation (Tensor | None): ``sigma * eps``, for an estimator posterior.
+        variance (Tensor | None): ``sigma ** 2``, for an estimator posterior.
+        sigma (Tensor | None): The posterior's standard deviation, where it derives one.
+        kl (KLRecord | None): The KL divergence to the prior, when the draw computed it.
+    """
+
+    posterior: nn.Module
+    sample: Tensor | None = None
+    perturbation: Tensor | None = None
+    variance: Tensor | None = None
+    sigma: Tensor | None = None
+    kl: KLRecord | None = None
+
+
+@dataclass(eq=False)
+class Scope:
+    """The draws of every posterior read inside one `reuse_samples` block.
+
+    Records are kept apart by grad mode, so a draw made under ``torch.no_grad()`` is never handed to
+    code that needs gradients.
+    """
+
+    records: dict[tuple[int, bool], Record] = field(default_factory=dict)
+
+    def record(self, posterior: nn.Module) -> Record:
+        """Return ``posterior``'s record for the current grad mode, creating an empty one."""
+        key = id(posterior), torch.is_grad_enabled()
+        found = self.records.get(key)
+        if found is None:
+            found = self.records[key] = Record(posterior)
+        return found
+
+    def kl_records(self) -> dict[int, KLRecord]:
+        """The KL divergences recorded in this scope, by posterior id (those computed with gradient first)."""
+        found: dict[int, KLRecord] = {}
+        for record in sorted(self.records.values(), key=lambda record: record.kl is None or not record.kl.with_grad):
+            if record.kl is not None:
+                found.setdefault(id(record.posterior), record.kl)
+        return found
+
+
+_active: ContextVar[Scope | None] = ContextVar("torchbayesian_scope", default=None)
+# torch.compile cannot trace a ContextVar; while it traces, scopes opened in the traced code live here.
+_traced = threading.local()
+_latest_kls: ContextVar[dict[int, KLRecord] | None] = ContextVar("torchbayesian_latest_kls", default=None)
+
+
+def active() -> Scope | None:
+    """The innermost open scope of this thread or task, or ``None``."""
+    if torch.compiler.is_compiling():
+        return getattr(_traced, "scope", None)
+    return _active.get()
 
 
 @contextmanager
@@ -20,12 +132,12 @@ def reuse_samples() -> Iterator[None]:
     Every access to a Bayesian tensor inside the block returns the same sample, so a weight used
     twice (a recurrent cell, tied embeddings) sees one draw. `BayesianModule` enters this context
     around every forward pass; use it yourself when calling a module on which you registered
-    posteriors with `register_posterior`. Blocks may be nested; samples are dropped when the
-    outermost block exits.
+    posteriors with `register_posterior`. Blocks may be nested: an inner block shares the outer
+    block's samples, which are dropped when the outermost block exits.
 
-    Quantities derived from the variational parameters that the sample and the KL divergence share
-    (the standard deviation of a `GaussianPosterior`) are also computed once per block, so
-    computing the loss and the KL divergence inside one block is cheaper than doing it apart.
+    The scope belongs to the thread (and ``asyncio`` task) that opened it: other threads never see
+    its samples. Quantities derived from the variational parameters that the sample and the KL
+    divergence share (the standard deviation, the KL itself) are computed once per block.
 
     Example:
         >>> import torch
@@ -35,60 +147,54 @@ def reuse_samples() -> Iterator[None]:
         >>> with bnn.reuse_samples():
         ...     assert torch.equal(layer.weight, layer.weight)
     """
-    global _depth
-    _depth += 1
-    try:
+    if active() is not None:
         yield
-    finally:
-        _depth -= 1
-        if _depth == 0:
-            _cache.clear()
+        return
+    scope = Scope()
+    with _opened(scope):
+        yield
+    if torch.compiler.is_compiling():
+        return
+    # The KLs the block computed stay available to `kl_divergence` after it (the natural
+    # ``loss = criterion(model(x), y) + model.kl_divergence() / n``), while still valid.
+    _latest_kls.set(scope.kl_records())
 
 
 @contextmanager
 def fresh_samples() -> Iterator[None]:
     """Draw new samples inside the block, even within an enclosing `reuse_samples` block.
 
-    The block is its own sampling scope; the enclosing block's samples are restored on exit.
+    The block is its own sampling scope; the enclosing block's samples are used again on exit,
+    and nothing it computed outlives it.
     """
-    global _depth
-    depth, saved = _depth, dict(_cache)
-    _depth = 0
-    _cache.clear()
-    try:
-        with reuse_samples():
+    with _opened(Scope()):
+        yield
+
+
+@contextmanager
+def _opened(scope: Scope) -> Iterator[None]:
+    if torch.compiler.is_compiling():
+        outer = getattr(_traced, "scope", None)
+        _traced.scope = scope
+        try:
             yield
+        finally:
+            _traced.scope = outer
+        return
+    token = _active.set(scope)
+    try:
+        yield
     finally:
-        _cache.clear()
-        _cache.update(saved)
-        _depth = depth
+        _active.reset(token)
 
 
-def active() -> bool:
-    """Whether a `reuse_samples` block is open."""
-    return _depth > 0
-
-
-def keep(key: object, kind: str, value: object) -> None:
-    """Store ``value`` for ``(key, kind)`` until the enclosing `reuse_samples` block exits (no-op outside one)."""
-    if _depth:
-        _cache[id(key), kind, torch.is_grad_enabled()] = value
-
-
-def kept(key: object, kind: str) -> Any:
-    """Return the value stored by `keep` for ``(key, kind)`` in this block and grad mode, or ``None``."""
-    return _cache.get((id(key), kind, torch.is_grad_enabled())) if _depth else None
-
-
-def draw(key: object, sample: Callable[[], Tensor], kind: str = "sample") -> Tensor:
-    """Return ``sample()``, reusing the result for ``(key, kind)`` inside a `reuse_samples` block.
-
-    Results computed with and without gradient tracking are kept apart.
-    """
-    if _depth == 0:
-        return sample()
-    slot = (id(key), kind, torch.is_grad_enabled())
-    value = _cache.get(slot)
-    if value is None:
-        value = _cache[slot] = sample()
-    return value
+def find_kl(posterior: nn.Module) -> KLRecord | None:
+    """The KL recorded for ``posterior`` by the open scope, or else by the latest closed one of this thread."""
+    scope = active()
+    if scope is not None:
+        for grad in (True, False):
+            record = scope.records.get((id(posterior), grad))
+            if record is not None and record.kl is not None:
+                return record.kl
+    latest = _latest_kls.get()
+    return None if latest is None else latest.get(id(posterior))

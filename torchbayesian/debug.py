@@ -10,11 +10,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from torchbayesian.module import BayesianModule
 from torchbayesian.posteriors.base import VariationalPosterior
+from torchbayesian.registration import posteriors
 
-__all__ = ["check_kl", "detect_anomalies"]
-
-_watched: dict[int, str] = {}
+__all__ = ["detect_anomalies"]
 
 
 @contextmanager
@@ -25,7 +25,7 @@ def detect_anomalies(model: nn.Module) -> Iterator[nn.Module]:
     (relative to the wrapped model for a `BayesianModule`, as in `BayesianModule.posteriors`):
 
     - every sample (or frozen mean) a posterior returns in a forward pass;
-    - every posterior's term of `kl_divergence`;
+    - every posterior's term of `kl_divergence` (through `VariationalPosterior.register_kl_hook`);
     - every gradient that reaches a variational parameter (``mu``, ``rho``, ...) in backward.
 
     The error lists the variational parameters that are themselves non-finite, which tells a
@@ -54,44 +54,32 @@ def detect_anomalies(model: nn.Module) -> Iterator[nn.Module]:
         ...
         FloatingPointError: detect_anomalies: the sample of posterior 'weight' contains NaN or Inf; ... mu.
     """
-    from torchbayesian.module import BayesianModule
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"detect_anomalies expects an nn.Module, got {type(model).__name__}.")
-    named = model.posteriors() if isinstance(model, BayesianModule) else _posteriors(model)
+    named = model.posteriors() if isinstance(model, BayesianModule) else posteriors(model)
     handles: list[RemovableHandle] = []
-    added: list[int] = []
     try:
         for name, posterior in named:
             handles.append(posterior.register_forward_hook(_sample_hook(name)))
+            handles.append(posterior.register_kl_hook(_kl_hook(name)))
             for parameter_name, parameter in posterior.named_parameters(recurse=False):
                 if parameter.requires_grad:
                     handles.append(parameter.register_hook(_gradient_hook(name, parameter_name)))
-            if id(posterior) not in _watched:
-                _watched[id(posterior)] = name
-                added.append(id(posterior))
         yield model
     finally:
         for handle in handles:
             handle.remove()
-        for key in added:
-            del _watched[key]
 
 
-def check_kl(posterior: VariationalPosterior, term: Tensor) -> None:
-    """Raise `FloatingPointError` if ``posterior`` is watched by `detect_anomalies` and ``term`` is not finite."""
-    name = _watched.get(id(posterior))
-    if name is not None and not _finite(term):
-        raise FloatingPointError(
-            f"detect_anomalies: the KL divergence of posterior {name!r} is {term.item()}"
-            f"{_diagnosis(posterior)}."
-        )
+def _kl_hook(name: str) -> Any:
+    def hook(posterior: VariationalPosterior, term: Tensor) -> None:
+        if not _finite(term):
+            raise FloatingPointError(
+                f"detect_anomalies: the KL divergence of posterior {name!r} is {term.item()}"
+                f"{_diagnosis(posterior)}."
+            )
 
-
-def _posteriors(model: nn.Module) -> Iterator[tuple[str, VariationalPosterior]]:
-    from torchbayesian.registration import posteriors
-
-    return posteriors(model)
+    return hook
 
 
 def _sample_hook(name: str) -> Any:

@@ -11,7 +11,7 @@ from torch import nn
 from torchbayesian import _sampling
 from torchbayesian.mixin import BayesianMixin
 from torchbayesian.module import Filters, convert_
-from torchbayesian.posteriors.gaussian import GaussianPosterior, _draw_together
+from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import PosteriorSpec, PriorSpec
 
 __all__ = ["bayesian"]
@@ -138,7 +138,6 @@ def _sampling_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(forward)
     def sampled(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         with _sampling.reuse_samples():
-            _draw_together(self)
             return forward(self, *args, **kwargs)
 
     return sampled

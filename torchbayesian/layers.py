@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torchbayesian import _sampling
 from torchbayesian.mixin import BayesianMixin
 from torchbayesian.module import convert_, frozen
-from torchbayesian.posteriors.gaussian import GaussianPosterior, Init, _draw_together
+from torchbayesian.posteriors.gaussian import GaussianPosterior, Init
 from torchbayesian.priors.base import Prior
 from torchbayesian.priors.gaussian import GaussianPrior
 from torchbayesian.priors.scale_mixture import ScaleMixturePrior
@@ -97,7 +97,6 @@ class BayesianLayer(BayesianMixin):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the torch layer's forward with one weight sample per parameter."""
         with _sampling.reuse_samples():
-            _draw_together(self)
             return super().forward(*args, **kwargs)  # type: ignore[misc]
 
     def forward_frozen(self, *args: Any, **kwargs: Any) -> Any:
@@ -349,7 +348,6 @@ class Sequential(BayesianMixin, nn.Sequential):
     def forward(self, input: Any) -> Any:
         """Run the layers in order with one weight sample per Bayesian tensor."""
         with _sampling.reuse_samples():
-            _draw_together(self)
             return super().forward(input)
 
 

@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 from torchbayesian import _sampling
 from torchbayesian.mixin import BayesianMixin
 from torchbayesian.posteriors.base import VariationalPosterior
-from torchbayesian.posteriors.gaussian import GaussianPosterior, _draw_together
+from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import (
     PosteriorSpec,
     PriorSpec,
@@ -139,7 +139,6 @@ class BayesianModule(BayesianMixin, nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the model with one weight sample per Bayesian tensor and return its output unchanged."""
         with _sampling.reuse_samples():
-            _draw_together(self.module)
             return self.module(*args, **kwargs)
 
     def posteriors(self) -> Iterator[tuple[str, VariationalPosterior]]:

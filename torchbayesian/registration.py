@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from fnmatch import fnmatchcase
 from typing import Any, Literal, TypeAlias
@@ -24,21 +23,6 @@ PosteriorSpec = type[VariationalPosterior] | VariationalPosterior
 PriorSpec: TypeAlias = (
     "Prior | Distribution | Mapping[str | type[nn.Module], PriorSpec] | Callable[[str, Tensor], PriorSpec] | None"
 )
-
-_generation = 0
-_posterior_lists: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[tuple[str, VariationalPosterior]]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _invalidate(*_: Any) -> None:
-    """Forget every cached list of posteriors (called whenever any module gains a submodule)."""
-    global _generation
-    _generation += 1
-
-
-nn.modules.module.register_module_module_registration_hook(_invalidate)
-
 
 def register_posterior(
     module: nn.Module,
@@ -125,7 +109,6 @@ def remove_posterior(
     posterior.on_remove(module, name)
     restored = nn.Parameter(value)
     module.register_parameter(name, restored)
-    _invalidate()
     return restored
 
 
@@ -147,9 +130,8 @@ def is_bayesian(module: nn.Module, name: str | None = None) -> bool:
 def posteriors(module: nn.Module) -> Iterator[tuple[str, VariationalPosterior]]:
     """Yield ``(qualified_name, posterior)`` for every posterior in ``module``, each once.
 
-    A posterior shared by tied tensors is yielded under the first name it is found at. The list is
-    cached per module and rebuilt after any module in the process gains a submodule or a posterior
-    is registered or removed, so repeated calls (one KL per training step) do not walk the model.
+    A posterior shared by tied tensors is yielded under the first name it is found at. The model
+    is walked on every call, so the result always reflects its current structure.
 
     Example:
         >>> import torch
@@ -160,16 +142,15 @@ def posteriors(module: nn.Module) -> Iterator[tuple[str, VariationalPosterior]]:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(module).__name__}.")
-    cached = _posterior_lists.get(module)
-    if cached is None or cached[0] != _generation:
-        found: list[tuple[str, VariationalPosterior]] = []
-        seen: set[int] = set()
-        for qualified_name, _, _, posterior in sites(module):
-            if id(posterior) not in seen:
-                seen.add(id(posterior))
-                found.append((qualified_name, posterior))
-        cached = _posterior_lists[module] = (_generation, found)
-    return iter(cached[1])
+    return _unique(sites(module))
+
+
+def _unique(found: Iterator[tuple[str, nn.Module, str, VariationalPosterior]]) -> Iterator[tuple[str, VariationalPosterior]]:
+    seen: set[int] = set()
+    for qualified_name, _, _, posterior in found:
+        if id(posterior) not in seen:
+            seen.add(id(posterior))
+            yield qualified_name, posterior
 
 
 def sites(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, VariationalPosterior]]:
@@ -303,4 +284,3 @@ def attach(module: nn.Module, name: str, posterior: VariationalPosterior) -> Non
     parametrize.register_parametrization(module, name, posterior, unsafe=True)
     posterior._registered = True
     posterior.on_register(module, name)
-    _invalidate()

@@ -13,6 +13,13 @@
 
 #define LANES 8
 
+/* Function multiversioning, as in gaussian.c. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define TB_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
+#else
+#define TB_KERNEL
+#endif
+
 typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
 
 static inline vec load(const float *p) {
@@ -36,7 +43,7 @@ static vec tap_sum(const float *grad, int64_t grad_stride, const float *window, 
 }
 
 /* Adds the examples [first, last) into total[(o * kh + i) * kw + j]; returns 0, or -1 when out of memory. */
-int tb_conv2d_single_channel_weight_grad(const float *x, const float *grad_out, double *total, int64_t first,
+TB_KERNEL int tb_conv2d_single_channel_weight_grad(const float *x, const float *grad_out, double *total, int64_t first,
                                          int64_t last, int64_t out_channels, int64_t h_in, int64_t w_in,
                                          int64_t h_out, int64_t w_out, int64_t kh, int64_t kw, int64_t ph,
                                          int64_t pw) {

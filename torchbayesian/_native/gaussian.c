@@ -15,6 +15,15 @@
 
 #define BLOCK 512
 
+/* Function multiversioning: each exported kernel, with every function it calls inlined (flatten), is
+ * compiled for several instruction sets (x86-64-v4: AVX-512; v3: AVX2 and FMA; the baseline), and the
+ * dynamic loader picks the best one the CPU supports, so one build runs on any x86-64 CPU. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define TB_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
+#else
+#define TB_KERNEL
+#endif
+
 enum { OUT_SAMPLE = 0, OUT_PERTURBATION = 1, OUT_VARIANCE = 2, OUT_NONE = 3 };
 
 static inline float bits_to_float(uint32_t bits) {
@@ -176,7 +185,7 @@ static void softplus_block(const float *rho, float *sigma, float *tail, int64_t 
  * BLOCK; the random numbers depend on the element's index only, not on the split. */
 
 /* Random signs: +1 or -1 with equal probability, one bit of a SplitMix64 output each. */
-void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
+TB_KERNEL void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
     for (int64_t start = 0; start < n; start += 64) {
         const uint64_t z = splitmix64(seed + (uint64_t)((offset + start) / 64 + 1) * 0x9E3779B97F4A7C15ULL);
         const int64_t m = n - start < 64 ? n - start : 64;
@@ -185,26 +194,25 @@ void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
     }
 }
 
-/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode; eps is written for OUT_SAMPLE
- * (the backward of OUT_PERTURBATION recovers it as out / sigma). With sums != NULL, also the sums
+/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode (eps is not stored: the backward pass
+ * draws it again from the seed). With sums != NULL, also the sums
  * the KL divergence to N(loc, scale^2) needs: sums[0] = sum sigma^2, sums[1] = sum (mu - loc)^2,
  * sums[2] = sum log sigma. */
-void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *eps, int64_t n, int mode,
-                         uint64_t seed, int64_t offset, float loc, double *sums) {
+TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out, int64_t n, int mode,
+                                   uint64_t seed, int64_t offset, float loc, double *sums) {
     double total_square = 0.0, total_deviation = 0.0, total_log = 0.0;
-    float sigma[BLOCK], noise[BLOCK];
+    float sigma[BLOCK], e[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
         const float *mean = mu + start;
         float *o = out + start;
         softplus_block(rho + start, sigma, NULL, m);
         if (mode == OUT_SAMPLE) {
-            float *e = eps + start;
             normal_block(e, offset + start, m, seed);
             for (int64_t i = 0; i < m; i++) o[i] = mean[i] + sigma[i] * e[i];
         } else if (mode == OUT_PERTURBATION) {
-            normal_block(noise, offset + start, m, seed);
-            for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * noise[i];
+            normal_block(e, offset + start, m, seed);
+            for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * e[i];
         } else if (mode == OUT_VARIANCE) {
             for (int64_t i = 0; i < m; i++) o[i] = sigma[i] * sigma[i];
         }
@@ -229,14 +237,14 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *e
 
 /* Gradients of out (by mode, with upstream grad_out, may be NULL), of an output equal to mu (with
  * upstream grad_mean, may be NULL; the sample's own gradient in mu for OUT_SAMPLE) and of kl_grad * KL,
- * where KL = (sum sigma^2 + sum (mu - loc)^2) / (2 prior_var) - sum log sigma + const. saved is eps
- * for OUT_SAMPLE and the forward's out for OUT_PERTURBATION. grad_mu and grad_rho may be NULL when
- * not needed. */
-void tb_gaussian_backward(const float *mu, const float *rho, const float *saved, const float *grad_out,
+ * where KL = (sum sigma^2 + sum (mu - loc)^2) / (2 prior_var) - sum log sigma + const. eps is drawn again
+ * from the forward's seed (a perturbation sigma * eps takes the OUT_SAMPLE path without grad_mean).
+ * grad_mu and grad_rho may be NULL when not needed. */
+TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, uint64_t seed, const float *grad_out,
                           const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
                           float kl_grad, float loc, float prior_var) {
     const float c = kl_grad / prior_var;
-    float sigma[BLOCK], tail[BLOCK], data[BLOCK];
+    float sigma[BLOCK], tail[BLOCK], data[BLOCK], v[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
         const float *mean = mu + start, *g = grad_out ? grad_out + start : NULL;
@@ -250,13 +258,11 @@ void tb_gaussian_backward(const float *mu, const float *rho, const float *saved,
         }
         if (grad_rho) {
             float *gr = grad_rho + start;
-            const float *v = g && mode != OUT_VARIANCE ? saved + start : NULL;
+            if (g && mode == OUT_SAMPLE) normal_block(v, start, m, seed); /* the forward's eps, drawn again */
             softplus_block(rho + start, sigma, tail, m);
-            /* d out / d sigma times grad_out, times sigma: g eps sigma = g out (perturbation) | 2 g sigma^2. */
+            /* d out / d sigma times grad_out, times sigma: g eps sigma | 2 g sigma^2. */
             if (g && mode == OUT_SAMPLE)
                 for (int64_t i = 0; i < m; i++) data[i] = g[i] * v[i] * sigma[i];
-            else if (g && mode == OUT_PERTURBATION)
-                for (int64_t i = 0; i < m; i++) data[i] = g[i] * v[i];
             else if (g && mode == OUT_VARIANCE)
                 for (int64_t i = 0; i < m; i++) data[i] = 2.0f * g[i] * sigma[i] * sigma[i];
             else
@@ -273,7 +279,7 @@ void tb_gaussian_backward(const float *mu, const float *rho, const float *saved,
 
 /* Local reparameterization output: out = mean + sqrt(max(var, tiny)) * eps with fresh eps, and the
  * derivative of out in var, eps / (2 sqrt(var)) where var >= tiny, else 0 (the clamp's gradient). */
-void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
+TB_KERNEL void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
                                  uint64_t seed, int64_t offset) {
     const float tiny = 1.17549435e-38f;
     float eps[BLOCK], std[BLOCK];

@@ -6,12 +6,11 @@ import torch
 from torch import Tensor
 from transformers.pytorch_utils import Conv1D
 
-from torchbayesian.estimators.registry import LayerOp, register_estimator
+from torchbayesian.estimators.layer_op import LayerOp
 
-__all__: list[str] = []
+__all__ = ["KERNELS"]
 
 
-@register_estimator(Conv1D)
 def _conv1d(layer: Conv1D, input: Tensor) -> LayerOp:
     return LayerOp(_apply, channel_dim=-1)
 
@@ -21,3 +20,7 @@ def _apply(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     flat = input.reshape(-1, input.shape[-1])
     output = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
     return output.view(*input.shape[:-1], weight.shape[-1])
+
+
+KERNELS = {Conv1D: _conv1d}
+"""The kernels of this module's layers, registered by `torchbayesian.estimators.registry` once transformers is imported."""

@@ -10,8 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from torchbayesian import _sampling
-from torchbayesian._native import gaussian as fused
-from torchbayesian._native import random
+from torchbayesian._native import ops
 from torchbayesian.estimators.registry import Kernel, LayerOp, find_kernel, registered_base, supported_layers
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import get_posterior
@@ -141,31 +140,31 @@ class EstimatorPosterior(GaussianPosterior):
             module.forward = forward.previous
 
     def perturbation(self) -> Tensor:
-        """Return ``sigma * eps``: the weight noise, drawn once per `reuse_samples` block."""
-        # Its own kind, so that reading ``layer.weight`` in the same block still returns a full sample.
-        return _sampling.draw(
-            self, lambda: self._fused_or(fused.PERTURBATION, lambda: self.sigma * torch.randn_like(self.mu)),
-            "perturbation",
-        )
+        """Return ``sigma * eps``: the weight noise, drawn once per sampling scope.
+
+        Kept apart from the sample, so that reading ``layer.weight`` in the same scope still
+        returns a full sample.
+        """
+        return self._draw_once(ops.PERTURBATION)
 
     def variance(self) -> Tensor:
-        """Return ``sigma**2``, computed once per `reuse_samples` block."""
-        return _sampling.draw(self, lambda: self._fused_or(fused.VARIANCE, lambda: self.sigma.square()), "variance")
+        """Return ``sigma**2``, computed once per sampling scope."""
+        return self._draw_once(ops.VARIANCE)
 
-    def _mean_path(self) -> Tensor:
-        """``mu`` as the layer's mean path reads it.
-
-        Inside a `reuse_samples` block where the fused kernels draw the noise, an alias of ``mu``
-        from the same autograd node, so that the fused backward pass adds the KL's gradient in
-        ``mu`` to the mean path's instead of autograd adding two full-size gradients.
-        """
-        if _sampling.active():
-            draw_noise = self.perturbation if self._fused_kind == "perturbation" else self.variance
-            draw_noise()
-            alias = _sampling.kept(self, "mean")
-            if alias is not None:
-                return alias
-        return self.mu
+    def _draw_once(self, mode: int) -> Tensor:
+        """`_draw` for the perturbation or the variance, kept in the scope's record for later reads."""
+        scope = _sampling.active()
+        if scope is None:
+            return self._draw(mode, None)
+        record = scope.record(self)
+        kept = record.perturbation if mode == ops.PERTURBATION else record.variance
+        if kept is None:
+            kept = self._draw(mode, record)
+            if mode == ops.PERTURBATION:
+                record.perturbation = kept
+            else:
+                record.variance = kept
+        return kept
 
 
 class _EstimatorForward:
@@ -190,7 +189,7 @@ class _EstimatorForward:
 def _term(layer: nn.Module, name: str) -> Term:
     posterior = get_posterior(layer, name)
     if isinstance(posterior, EstimatorPosterior) and not posterior.frozen:
-        return Term(posterior._mean_path(), posterior)
+        return Term(posterior.mu, posterior)
     return Term(getattr(layer, name, None), None)
 
 
@@ -204,7 +203,7 @@ def rademacher(reference: Tensor, channel_dim: int) -> Tensor:
     shape[channel_dim] = reference.shape[channel_dim]
     if reference.dim() > -channel_dim:
         shape[0] = reference.shape[0]
-    return random.rademacher(shape, reference)
+    return ops.rademacher(reference.detach(), shape, ops.draw_seed())
 
 
 def channel_view(vector: Tensor, channel_dim: int) -> Tensor:

@@ -42,8 +42,6 @@ class FlipoutPosterior(EstimatorPosterior):
         True
     """
 
-    _fused_kind = "perturbation"
-
     @classmethod
     def estimate(cls, op: LayerOp, input: Tensor, weight: Term, bias: Term) -> Tensor:
         """Return ``f(x; mu) + f(x * s; dW, db) * r``; see the class docstring."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from torchbayesian._native import random
+from torchbayesian._native import ops
 from torchbayesian.estimators.base import EstimatorPosterior, Term, channel_view
 from torchbayesian.estimators.registry import LayerOp
 
@@ -37,8 +37,6 @@ class LocalReparameterizationPosterior(EstimatorPosterior):
         torch.Size([2, 4, 8, 8])
     """
 
-    _fused_kind = "variance"
-
     @classmethod
     def estimate(cls, op: LayerOp, input: Tensor, weight: Term, bias: Term) -> Tensor:
         """Return ``f(x; mu) + sqrt(f(x**2; sigma**2)) * eps``; see the class docstring."""
@@ -48,4 +46,6 @@ class LocalReparameterizationPosterior(EstimatorPosterior):
             variance = channel_view(bias_variance, op.channel_dim)
         else:
             variance = op.noise(input.square(), weight.posterior.variance(), bias_variance)
-        return random.sample_normal(mean, variance)
+        if variance.shape != mean.shape:
+            variance = variance.expand_as(mean)
+        return ops.local_reparameterization(mean, variance, ops.draw_seed())[0]

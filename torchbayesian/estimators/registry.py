@@ -4,41 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from torchbayesian.estimators.layer_op import LayerOp
+
 __all__ = ["Kernel", "LayerOp", "find_kernel", "register_estimator", "registered_base", "supported_layers"]
-
-
-@dataclass(frozen=True)
-class LayerOp:
-    """The affine map of one layer call, with the weight and bias left open.
-
-    Flipout and local reparameterization evaluate the layer's map several times per call, on the
-    input and on transforms of it (``input * signs``, ``input ** 2``), with other weights. A
-    `Kernel` binds everything else (stride, padding, output size, ...) into `apply`.
-
-    Args:
-        apply (Callable[[Tensor, Tensor, Tensor | None], Tensor]): ``apply(input, weight, bias)``,
-            linear in ``weight`` and ``bias``; ``bias`` may be ``None``.
-        channel_dim (int): Negative index of the channel (feature) dimension of both the input and
-            the output, counted from the end (``-1`` for `nn.Linear`, ``-3`` for `nn.Conv2d`).
-            Leading dimensions before it are batch dimensions.
-        apply_noise (Callable[[Tensor, Tensor, Tensor | None], Tensor] | None): The same map for
-            the estimators' second evaluation (the perturbation or the variance), when a faster
-            implementation exists for it; ``None`` uses ``apply``.
-    """
-
-    apply: Callable[[Tensor, Tensor, Tensor | None], Tensor]
-    channel_dim: int
-    apply_noise: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None
-
-    def noise(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """Evaluate the map for the noise path: ``apply_noise`` if given, else ``apply``."""
-        return (self.apply_noise or self.apply)(input, weight, bias)
 
 
 Kernel = Callable[..., LayerOp]
@@ -123,4 +96,7 @@ def _register_optional_layers() -> None:
     # Layers of optional libraries are registered once the library is imported: a model holding
     # one has imported it, and torchbayesian never imports it itself.
     if "transformers.pytorch_utils" in sys.modules:
-        from torchbayesian.estimators import _transformers  # noqa: F401
+        from torchbayesian.estimators._transformers import KERNELS
+
+        for layer_type, kernel in KERNELS.items():
+            _KERNELS.setdefault(layer_type, kernel)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from torch.utils.hooks import RemovableHandle
 
 from torchbayesian import _sampling
+from torchbayesian._kl_dispatch import posterior_kl
 from torchbayesian.priors.base import Prior
 
-__all__ = ["VariationalPosterior"]
+__all__ = ["KLHook", "VariationalPosterior"]
+
+KLHook = Callable[["VariationalPosterior", Tensor], None]
+"""``hook(posterior, kl)``: see `VariationalPosterior.register_kl_hook`."""
 
 
 class VariationalPosterior(nn.Module, ABC):
@@ -55,6 +62,7 @@ class VariationalPosterior(nn.Module, ABC):
         self.frozen = False
         self._registered = False
         self._last_sample: Tensor | None = None
+        self._kl_hooks: OrderedDict[int, KLHook] = OrderedDict()
         self.register_module("prior", None)
 
     @classmethod
@@ -106,14 +114,25 @@ class VariationalPosterior(nn.Module, ABC):
     def forward(self) -> Tensor:
         """Return the tensor: the mean when `frozen`, otherwise a sample.
 
-        Inside `reuse_samples` (entered by `BayesianModule` on every forward) the sample is drawn
-        once and reused. The latest sample is kept for single-sample KL estimates.
+        Inside a sampling scope (`reuse_samples`, entered by `BayesianModule` on every forward) the
+        sample is drawn once and reused. The latest sample is kept for single-sample KL estimates.
         """
         if self.frozen:
             return self.mean
-        sample = _sampling.draw(self, self.sample_parameters)
+        scope = _sampling.active()
+        if scope is None:
+            sample = self._draw_sample(None)
+        else:
+            record = scope.record(self)
+            if record.sample is None:
+                record.sample = self._draw_sample(record)
+            sample = record.sample
         self._last_sample = sample
         return sample
+
+    def _draw_sample(self, record: _sampling.Record | None) -> Tensor:
+        """Draw the sample `forward` returns; ``record`` is the scope's record, which a subclass may fill further."""
+        return self.sample_parameters()
 
     @property
     def last_sample(self) -> Tensor | None:
@@ -171,9 +190,10 @@ class VariationalPosterior(nn.Module, ABC):
     def kl_divergence(self, *, num_samples: int | None = None) -> Tensor:
         """Return ``KL(q || prior)`` summed over all elements.
 
-        Uses the closed form when `torch.distributions.kl_divergence` knows the pair; otherwise a
-        Monte Carlo estimate ``log q(w) - log p(w)`` at the weights of the latest forward pass
-        (or, with ``num_samples``, averaged over that many fresh samples).
+        Uses the closed form of the (posterior, prior) pair when one is known (this library's or
+        `torch.distributions.kl_divergence`'s); otherwise a Monte Carlo estimate
+        ``log q(w) - log p(w)`` at the weights of the latest forward pass (or, with
+        ``num_samples``, averaged over that many fresh samples).
 
         Args:
             num_samples (int | None): Number of fresh samples for the Monte Carlo estimate.
@@ -184,13 +204,26 @@ class VariationalPosterior(nn.Module, ABC):
         Raises:
             ValueError: If the posterior has no prior.
         """
-        from torchbayesian.kl import posterior_kl
-
         return posterior_kl(self, num_samples=num_samples)
+
+    def register_kl_hook(self, hook: KLHook) -> RemovableHandle:
+        """Register ``hook(posterior, kl)``, called with every KL divergence computed for this posterior.
+
+        Returns:
+            RemovableHandle: Call ``handle.remove()`` to remove the hook.
+        """
+        handle = RemovableHandle(self._kl_hooks)
+        self._kl_hooks[handle.id] = hook
+        return handle
+
+    def kl_hooks(self) -> Iterator[KLHook]:
+        """Yield the hooks registered with `register_kl_hook`."""
+        return iter(list(self.__dict__.get("_kl_hooks", {}).values()))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state["_last_sample"] = None
+        state["_kl_hooks"] = OrderedDict()
         return state
 
     def extra_repr(self) -> str:

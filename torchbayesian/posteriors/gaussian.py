@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from torchbayesian import _native, _sampling
+from torchbayesian import _sampling
+from torchbayesian._kl_dispatch import state_versions
 from torchbayesian._math import softplus_inverse
-from torchbayesian._native import gaussian as fused
+from torchbayesian._native import ops
 from torchbayesian.posteriors.base import VariationalPosterior
-from torchbayesian.priors.gaussian import _scalar_gaussian_prior
+from torchbayesian.priors.gaussian import GaussianPrior
 
 __all__ = ["GaussianPosterior"]
 
@@ -59,10 +59,6 @@ class GaussianPosterior(VariationalPosterior):
         >>> q.sigma.allclose(torch.full((2, 3), 0.1))
         True
     """
-
-    # What a forward pass reads from this posterior, drawn ahead by `_draw_together`:
-    # "sample", "perturbation" (sigma * eps) or "variance" (sigma ** 2).
-    _fused_kind: ClassVar[str] = "sample"
 
     def __init__(
         self,
@@ -128,8 +124,14 @@ class GaussianPosterior(VariationalPosterior):
 
     @property
     def sigma(self) -> Tensor:
-        """Posterior standard deviation ``softplus(rho)``, computed once per `reuse_samples` block."""
-        return _sampling.draw(self, self._softplus_rho, "sigma")
+        """Posterior standard deviation ``softplus(rho)``, computed once per sampling scope."""
+        scope = _sampling.active()
+        if scope is None:
+            return self._softplus_rho()
+        record = scope.record(self)
+        if record.sigma is None:
+            record.sigma = self._softplus_rho()
+        return record.sigma
 
     def _softplus_rho(self) -> Tensor:
         return F.softplus(self.rho)
@@ -146,83 +148,60 @@ class GaussianPosterior(VariationalPosterior):
 
     def sample_parameters(self) -> Tensor:
         """Return ``mu + sigma * eps`` with fresh standard normal ``eps``."""
-        return self._fused_or(fused.SAMPLE, lambda: torch.addcmul(self.mu, self.sigma, torch.randn_like(self.mu)))
+        return self._draw(ops.SAMPLE, None)
 
-    def _fused_or(self, mode: int, compute: Callable[[], Tensor]) -> Tensor:
-        """Return ``fused.draw`` of this posterior for ``mode`` where the fused CPU kernels apply, else ``compute()``.
+    def _draw_sample(self, record: _sampling.Record | None) -> Tensor:
+        return self._draw(ops.SAMPLE, record)
 
-        The kernels also compute the closed-form KL to a scalar `GaussianPrior`, kept for the
-        enclosing `reuse_samples` block, where `kl_divergence` picks it up.
+    def _draw(self, mode: int, record: _sampling.Record | None) -> Tensor:
+        """Return ``mu + sigma * eps`` (`ops.SAMPLE`), ``sigma * eps`` or ``sigma ** 2``, by ``mode``.
+
+        With a scope ``record``, with gradient, and a `GaussianPrior`, the same pass also computes
+        the closed-form KL divergence, kept in ``record`` for `kl_divergence`.
         """
-        job = self._fused_job(mode)
-        if job is None:
-            return compute()
-        result = fused.draw(*job)
-        self._keep_draw(result)
-        return result.out
-
-    def _fused_job(self, mode: int) -> fused.Job | None:
-        """This posterior's work for the fused CPU kernels, or ``None`` where they do not apply.
-
-        The job carries the prior, so that the kernels also compute the KL, when the pair's KL is
-        their closed form: a scalar `GaussianPrior` and this class's own `distribution`.
-        """
-        mu, rho = self.mu, self.rho
-        if not (_native.applies(mu, rho) and _uses_softplus_scale(type(self))):
-            return None
-        gaussian = type(self).distribution is GaussianPosterior.distribution
-        prior = _scalar_gaussian_prior(self.prior) if gaussian else None
-        if mode == fused.KL_ONLY and prior is None:
-            return None
-        return fused.Job(mu, rho, mode, prior)
-
-    def _keep_draw(self, result: fused.Draw) -> None:
-        """Keep the KL and the mean alias of a fused draw for the enclosing `reuse_samples` block."""
-        if result.kl is not None:
-            _sampling.keep(self, "kl", (self.prior, result.kl))
-        if result.mean is not None:
-            _sampling.keep(self, "mean", result.mean)
+        if not (_softplus_scale(type(self)) and _plain(self)):
+            sigma = self.sigma
+            noise = torch.randn_like(self.mu) if mode != ops.VARIANCE else None
+            return {ops.SAMPLE: lambda: torch.addcmul(self.mu, sigma, noise), ops.PERTURBATION: lambda: sigma * noise,
+                    ops.VARIANCE: sigma.square}[mode]()
+        prior = self.prior
+        # Recording needs autograd hooks and version counters, which torch.compile does not trace.
+        with_kl = (record is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                   and _gaussian_pair(self, prior))
+        loc, scale = (prior.loc, prior.scale) if with_kl else (self.mu.new_zeros(()), self.mu.new_ones(()))
+        seed = ops.draw_seed() if mode != ops.VARIANCE else torch.zeros((), dtype=torch.int64)
+        out, kl = ops.gaussian_draw(self.mu, self.rho, seed, loc, scale, mode, with_kl)
+        if with_kl:
+            record.kl = _sampling.KLRecord.create(kl, self, prior, state_versions(self))
+        return out
 
     def set_mean_(self, value: Tensor) -> None:
         """Copy ``value`` into ``mu``."""
         self.mu.copy_(value)
 
 
-_MODES = {"sample": fused.SAMPLE, "perturbation": fused.PERTURBATION, "variance": fused.VARIANCE}
-
-
-def _draw_together(module: nn.Module) -> None:
-    """Draw every fused-kernel Gaussian posterior of ``module`` in one autograd node.
-
-    Inside a `reuse_samples` block, where the forward pass then finds the draws; a no-op elsewhere,
-    and where the fused CPU kernels do not apply (``torch.compile`` never traces past the first
-    check). One node for all tensors saves the per-tensor overhead of autograd, which dominates for
-    the many small tensors of a model.
-    """
-    if not (_sampling.active() and _native.applies()):
-        return
-    from torchbayesian.registration import posteriors
-
-    jobs, slots = [], []
-    for _, posterior in posteriors(module):
-        if not isinstance(posterior, GaussianPosterior) or posterior.frozen:
-            continue
-        kind = posterior._fused_kind
-        job = None if _sampling.kept(posterior, kind) is not None else posterior._fused_job(_MODES[kind])
-        if job is not None:
-            jobs.append(job)
-            slots.append((posterior, kind))
-    if len(jobs) < 2:
-        return
-    for (posterior, kind), result in zip(slots, fused.draw_many(jobs), strict=True):
-        _sampling.keep(posterior, kind, result.out)
-        posterior._keep_draw(result)
-
-
-@functools.cache
-def _uses_softplus_scale(cls: type[GaussianPosterior]) -> bool:
-    """Whether ``cls`` keeps ``sigma = softplus(rho)``, which the fused kernels compute themselves."""
+def _softplus_scale(cls: type[GaussianPosterior]) -> bool:
+    """Whether ``cls`` keeps ``sigma = softplus(rho)``, which `ops.gaussian_draw` computes itself."""
     return cls.sigma is GaussianPosterior.sigma and cls._softplus_rho is GaussianPosterior._softplus_rho
+
+
+def _plain(posterior: GaussianPosterior) -> bool:
+    """Whether ``mu`` and ``rho`` are plain tensors; subclasses (FSDP's DTensor) take torch's operations."""
+    return type(posterior.mu) in _PLAIN and type(posterior.rho) in _PLAIN
+
+
+_PLAIN = (Tensor, nn.Parameter)
+
+
+def _gaussian_pair(posterior: GaussianPosterior, prior: object) -> bool:
+    """Whether the KL of ``posterior`` to ``prior`` is the closed form `ops.gaussian_draw` computes."""
+    return (
+        _plain(posterior)
+        and isinstance(prior, GaussianPrior)
+        and type(prior).distribution is GaussianPrior.distribution
+        and type(posterior).distribution is GaussianPosterior.distribution
+        and _softplus_scale(type(posterior))
+    )
 
 
 def _initialise(tensor: Tensor, init: Init, name: str, owner: str = "GaussianPosterior") -> None:

@@ -31,20 +31,3 @@ class GaussianPrior(_LocationScalePrior):
     def distribution(self) -> Normal:
         """``Normal(loc, scale)``."""
         return Normal(self.loc, self.scale, validate_args=False)
-
-
-def _scalar_gaussian_prior(prior: object) -> tuple[float, float] | None:
-    """Return ``(loc, scale)`` of a `GaussianPrior` with scalar, fixed (no-gradient) parameters, else ``None``."""
-    if not isinstance(prior, GaussianPrior) or type(prior).distribution is not GaussianPrior.distribution:
-        return None
-    loc, scale = prior.loc, prior.scale
-    versions = loc._version, scale._version
-    # Cached on the prior while its buffers are the same tensors, unmodified (in-place changes bump versions).
-    cached = prior.__dict__.get("_scalar_parameters")
-    if cached is not None and cached[0] is loc and cached[1] is scale and cached[2] == versions:
-        return cached[3]
-    value = None
-    if loc.numel() == 1 and scale.numel() == 1 and not (loc.requires_grad or scale.requires_grad):
-        value = float(loc), float(scale)
-    prior.__dict__["_scalar_parameters"] = (loc, scale, versions, value)
-    return value
