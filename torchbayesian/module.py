@@ -60,7 +60,9 @@ class BayesianModule(BayesianMixin, nn.Module):
     - ``include``/``exclude`` select by module type or by glob on the parameter's qualified name
       (``"classifier.*"``) or its module's (``"encoder.layer.0*"``).
     - A parameter reachable under several names (tied weights) gets **one** posterior, registered
-      at every name, so the tensors stay tied and see one sample per forward.
+      at every name, so the tensors stay tied and see one sample per forward. It is converted when
+      any of its names is selected (``include=[nn.Linear]`` converts a bias that a Linear shares
+      with another module) and none is excluded.
     - A posterior that supports only some layers (`FlipoutPosterior`,
       `LocalReparameterizationPosterior`) goes on the tensors it supports and ``fallback`` on the
       others; without ``fallback``, an unsupported tensor raises a ``TypeError`` and nothing changes.
@@ -192,9 +194,10 @@ def convert_(
     exclude_patterns = _as_patterns(exclude, "exclude")
     planned: list[tuple[list[tuple[nn.Module, str]], VariationalPosterior]] = []
     for param, param_sites in _parameter_sites(model).items():
-        qualified_name, module_name, owner, tensor_name = param_sites[0]
-        if not _selected(param, qualified_name, module_name, owner, include_patterns, exclude_patterns):
+        selected_sites = _selected_sites(param, param_sites, include_patterns, exclude_patterns)
+        if not selected_sites:
             continue
+        qualified_name, _, owner, _ = selected_sites[0]
         chosen = _supporting_posterior(posterior, fallback, param_sites)
         built = build_posterior(chosen, param, qualified_name, dict(posterior_kwargs))
         built.prior = resolve_prior(prior, param, qualified_name, owner)
@@ -234,21 +237,23 @@ def _parameter_sites(model: nn.Module) -> dict[nn.Parameter, list[tuple[str, str
     return found
 
 
-def _selected(
+def _selected_sites(
     param: nn.Parameter,
-    qualified_name: str,
-    module_name: str,
-    owner: nn.Module,
+    param_sites: list[tuple[str, str, nn.Module, str]],
     include: list[Filter],
     exclude: list[Filter],
-) -> bool:
+) -> list[tuple[str, str, nn.Module, str]]:
+    """Return the names under which ``param`` is selected; a tied tensor is Bayesian if any one is.
+
+    Empty when the tensor is frozen or not floating point, or when ``exclude`` matches any of its names.
+    """
     if not param.requires_grad or not param.is_floating_point():
-        return False
-    if _matches(exclude, qualified_name, module_name, owner):
-        return False
+        return []
+    if any(_matches(exclude, name, module_name, owner) for name, module_name, owner, _ in param_sites):
+        return []
     if include:
-        return _matches(include, qualified_name, module_name, owner)
-    return not is_normalization(owner)
+        return [site for site in param_sites if _matches(include, site[0], site[1], site[2])]
+    return [site for site in param_sites if not is_normalization(site[2])]
 
 
 def is_normalization(module: nn.Module) -> bool:

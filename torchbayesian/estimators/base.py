@@ -96,8 +96,6 @@ class EstimatorPosterior(GaussianPosterior):
             f"register a kernel with register_estimator({layer}), or pass fallback=GaussianPosterior "
             "to BayesianModule to use plain weight sampling there"
         )
-        if name not in cls.tensor_names:
-            raise TypeError(f"{cls.__name__} applies to the weight and bias of a layer, got {layer}.{name}; {fix}.")
         if find_kernel(module) is None:
             base = registered_base(layer_type)
             why = "" if base is None else f" (it overrides the forward of {base.__name__}, so it needs its own)"
@@ -105,6 +103,13 @@ class EstimatorPosterior(GaussianPosterior):
                 f"{cls.__name__} does not support {layer}.{name}: {layer} has no estimator kernel{why}.\n"
                 f"supported layers: {', '.join(supported_layers())}\n"
                 f"fix: {fix}."
+            )
+        if name not in cls.tensor_names:
+            raise TypeError(
+                f"{cls.__name__} applies to the {' and '.join(cls.tensor_names)} of a supported layer, "
+                f"got {layer}.{name}.\n"
+                f"supported layers: {', '.join(supported_layers())}\n"
+                f"fix: pass fallback=GaussianPosterior to BayesianModule to use plain weight sampling there."
             )
         other_name = "bias" if name == "weight" else "weight"
         other = get_posterior(module, other_name)
