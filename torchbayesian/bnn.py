@@ -1,7 +1,8 @@
 """The public API: ``from torchbayesian import bnn``.
 
-`BayesianTrainer`, `load_bayesian`, `save_bayesian` and `transformer_policy` need transformers and are
-imported on first access; they are left out of ``__all__`` so that ``import *`` does not need it.
+`BayesianTrainer`, `load_bayesian`, `save_bayesian` and `transformer_policy` need transformers, and
+`bayesian_lora`, `load_bayesian_lora` and `LoraTargets` need peft; they are imported on first access and
+left out of ``__all__`` so that ``import *`` needs neither.
 """
 
 from typing import Any
@@ -145,16 +146,21 @@ __all__ = [
 ]
 
 _HUGGINGFACE = ("BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy")
+_PEFT = ("LoraTargets", "bayesian_lora", "load_bayesian_lora")
 
 
 def __getattr__(name: str) -> Any:
-    # The transformers integration is imported on first use, so that the core does not need transformers.
+    # The transformers and peft integrations are imported on first use, so that the core needs neither.
     if name in _HUGGINGFACE:
         from torchbayesian.integrations import huggingface
 
         return getattr(huggingface, name)
+    if name in _PEFT:
+        from torchbayesian.integrations import lora
+
+        return getattr(lora, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_HUGGINGFACE])
+    return sorted([*globals(), *_HUGGINGFACE, *_PEFT])
