@@ -208,7 +208,7 @@ class BayesianTrainer(Trainer):
                 "BayesianTrainer: label_smoothing_factor must be 0; the data term is the model's own loss."
             )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
-        wrapped = model.module
+        wrapped = _inspected(model)
         self.model_accepts_loss_kwargs = False
         if self.args.label_names is None:
             self.label_names = find_labels(type(wrapped))
@@ -276,7 +276,7 @@ class BayesianTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            columns = list(inspect.signature(self.model.module.forward).parameters)
+            columns = list(inspect.signature(_inspected(self.model).forward).parameters)
             self._signature_columns = list(dict.fromkeys([*columns, "label", "label_ids", *self.label_names]))
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Tensor] | None = None) -> None:
@@ -378,6 +378,13 @@ def _unshared(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _storage(tensor: Tensor) -> tuple[int, int]:
     return tensor.untyped_storage().data_ptr(), tensor.storage_offset()
+
+
+def _inspected(model: BayesianModule) -> nn.Module:
+    """The model whose forward signature names the inputs: the base model of a PEFT model."""
+    wrapped = model.module
+    base = getattr(wrapped, "get_base_model", None)
+    return base() if callable(base) else wrapped
 
 
 def _loss_of(outputs: Any, model_name: str) -> Tensor:

@@ -231,8 +231,8 @@ def _install_key_hooks(model: nn.Module) -> None:
         owner.register_load_state_dict_pre_hook(_from_peft_keys)
 
 
-def _renamed_keys(module: nn.Module) -> list[tuple[str, str]]:
-    """``(key under parametrizations, PEFT-style key)`` pairs, relative to ``module``, of its Bayesian tensors.
+def _renamed_keys(module: nn.Module) -> list[tuple[str, str, torch.Size]]:
+    """``(key under parametrizations, PEFT-style key, shape)`` of the entries of ``module``'s Bayesian tensors.
 
     The mean takes the tensor's own name; the other entries are appended with underscores, so
     that PEFT's adapter-name handling, which looks at the second-to-last key element, applies.
@@ -242,18 +242,22 @@ def _renamed_keys(module: nn.Module) -> list[tuple[str, str]]:
         posterior = get_posterior(module, name)
         if not isinstance(posterior, GaussianPosterior):
             continue
-        for key in posterior.state_dict():
-            pairs.append((f"parametrizations.{name}.0.{key}", name if key == "mu" else f"{name}_{key.replace('.', '_')}"))
+        for key, value in posterior.state_dict().items():
+            flat = name if key == "mu" else f"{name}_{key.replace('.', '_')}"
+            pairs.append((f"parametrizations.{name}.0.{key}", flat, value.shape))
     return pairs
 
 
 def _to_peft_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    for inner, flat in _renamed_keys(module):
+    # Scalars (a prior's loc and scale) are stored as [1, 1]: PEFT refuses LoRA tensors of fewer dimensions.
+    for inner, flat, _ in _renamed_keys(module):
         if prefix + inner in state_dict:
-            state_dict[prefix + flat] = state_dict.pop(prefix + inner)
+            value = state_dict.pop(prefix + inner)
+            state_dict[prefix + flat] = value.reshape(1, -1) if value.dim() < 2 else value
 
 
 def _from_peft_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    for inner, flat in _renamed_keys(module):
+    for inner, flat, shape in _renamed_keys(module):
         if prefix + flat in state_dict:
-            state_dict[prefix + inner] = state_dict.pop(prefix + flat)
+            value = state_dict.pop(prefix + flat)
+            state_dict[prefix + inner] = value.reshape(shape) if value.numel() == shape.numel() else value
