@@ -208,12 +208,19 @@ def test_generate_uses_one_sample_per_sequence_and_tied_weights_agree() -> None:
 def test_generate_holds_flipout_adapters_fixed_per_sequence_and_draws_anew_per_row() -> None:
     model = trained_like(bnn.bayesian_lora(lora(llama))).eval()
     name = next(name for name, _ in model.posteriors()).removesuffix(".weight")
-    seen = _record_weights(model.module, [name])
+    layer = model.module.get_submodule(name)
+    weights, used = [], []
+
+    def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        weight = module.weight.detach().clone()
+        weights.append(weight)
+        used.append(torch.allclose(output, torch.nn.functional.linear(args[0], weight), atol=1e-6))
+
+    layer.register_forward_hook(record)
     steps = 3
     out = model.generate(ids(2, 4), max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
     assert out.shape == (2, 4 + steps)
-    weights = seen[name]
-    assert len(weights) == 2 * steps
+    assert len(weights) == 2 * steps and all(used)  # the layer computed with the recorded sample
     assert all(torch.equal(w, weights[0]) for w in weights[:steps])
     assert all(torch.equal(w, weights[steps]) for w in weights[steps:])
     assert not torch.equal(weights[0], weights[steps])
