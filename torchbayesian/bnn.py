@@ -1,8 +1,8 @@
 """The public API: ``from torchbayesian import bnn``.
 
 `BayesianTrainer`, `load_bayesian`, `save_bayesian` and `transformer_policy` need transformers, and
-`bayesian_lora`, `load_bayesian_lora` and `LoraTargets` need peft; they are imported on first access and
-left out of ``__all__`` so that ``import *`` needs neither.
+`bayesian_lora`, `load_bayesian_lora` and `LoraTargets` need peft, and `BayesianLightningModule` needs
+lightning; they are imported on first access and left out of ``__all__`` so that ``import *`` needs none of them.
 """
 
 from typing import Any
@@ -20,6 +20,7 @@ from torchbayesian.checkpoints import IncompatibleKeys, load_deterministic_state
 from torchbayesian.debug import detect_anomalies
 from torchbayesian.decorator import bayesian
 from torchbayesian.distributed import seed_per_rank
+from torchbayesian.dropout import MCDropout, enable_mc_dropout, is_dropout
 from torchbayesian.estimators import (
     FlipoutPosterior,
     LayerOp,
@@ -105,6 +106,7 @@ __all__ = [
     "LayerOp",
     "Linear",
     "LocalReparameterizationPosterior",
+    "MCDropout",
     "ModuleList",
     "Prior",
     "ReliabilityCurve",
@@ -119,12 +121,14 @@ __all__ = [
     "cyclical_kl_annealing",
     "detect_anomalies",
     "elbo_loss",
+    "enable_mc_dropout",
     "entropy",
     "epistemic_uncertainty",
     "expected_calibration_error",
     "frozen",
     "gaussian_uncertainty",
     "is_bayesian",
+    "is_dropout",
     "kl_divergence",
     "kl_weight",
     "linear_kl_warmup",
@@ -147,10 +151,11 @@ __all__ = [
 
 _HUGGINGFACE = ("BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy")
 _PEFT = ("LoraTargets", "bayesian_lora", "load_bayesian_lora")
+_LIGHTNING = ("BayesianLightningModule",)
 
 
 def __getattr__(name: str) -> Any:
-    # The transformers and peft integrations are imported on first use, so that the core needs neither.
+    # The transformers, peft and Lightning integrations are imported on first use, so that the core needs none.
     if name in _HUGGINGFACE:
         from torchbayesian.integrations import huggingface
 
@@ -159,8 +164,12 @@ def __getattr__(name: str) -> Any:
         from torchbayesian.integrations import lora
 
         return getattr(lora, name)
+    if name in _LIGHTNING:
+        from torchbayesian.integrations import lightning
+
+        return getattr(lightning, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_HUGGINGFACE, *_PEFT])
+    return sorted([*globals(), *_HUGGINGFACE, *_PEFT, *_LIGHTNING])
