@@ -45,7 +45,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
@@ -242,13 +241,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
             print(f"data: {source}: {len(train_rows)} train / {len(test_rows)} test / {len(ood_rows)} OOD")
         train_data, test_data, ood_data = (encode(tokenizer, rows, args.max_length)
                                            for rows in (train_rows, test_rows, ood_rows))
-        for name in results:
+        for name, runs in results.items():
             model = build(path, name == "bayesian_lora", seed)
             step_time = train(model, train_data, args, f"{name} seed {seed}")
             probs = predictive(model, test_data, args.predict_samples)
             ood_probs = predictive(model, ood_data, args.predict_samples)
             metrics = evaluate(probs, ood_probs, test_data["labels"])
-            results[name].append(metrics)
+            runs.append(metrics)
             print(f"{name} " + " ".join(f"{key}={value:.4f}" for key, value in metrics.items())
                   + f"  (seed {seed}, {step_time * 1000:.0f} ms/step)")
             if seed == args.seeds[0]:

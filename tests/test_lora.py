@@ -11,9 +11,9 @@ from torch import nn
 
 pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
-from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import (  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -24,7 +24,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from torchbayesian import bnn  # noqa: E402
+from torchbayesian import bnn
 
 VOCAB = 48
 

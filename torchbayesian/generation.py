@@ -62,7 +62,7 @@ def generate(
     See `BayesianModule.generate`.
     """
     inner = model.module
-    if not callable(getattr(inner, "generate", None)):
+    if not hasattr(inner, "generate"):
         raise AttributeError(f"generate: the wrapped {type(inner).__name__} has no generate method.")
     try:
         mode = WeightSamples(weight_samples)
