@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from torchbayesian import _sampling
+from torchbayesian import _sampling, generation
 from torchbayesian.mixin import BayesianMixin
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.posteriors.gaussian import GaussianPosterior
@@ -145,6 +145,50 @@ class BayesianModule(BayesianMixin, nn.Module):
         """Yield ``(qualified_name, posterior)`` for each posterior, names relative to `module`."""
         return posteriors(self.module)
 
+    def generate(
+        self, *args: Any, weight_samples: generation.WeightSamples | str = "sequence", **kwargs: Any
+    ) -> Tensor:
+        """Generate with the wrapped model's ``generate`` (Hugging Face), holding each weight sample fixed per sequence.
+
+        **Sampling rule.** With ``weight_samples="sequence"`` (the default) every generated
+        sequence, each row of the batch and each of ``num_return_sequences``, gets its own
+        weight sample, drawn once and used at every decoding step, so tied tensors (an embedding
+        and its ``lm_head``) agree at every step; ``num_return_sequences=k`` is multi-sample
+        generation: $k$ continuations under $k$ weight samples. The sequences are generated one
+        at a time and returned as one tensor of token ids, right-padded with ``pad_token_id``.
+        ``weight_samples="call"`` draws one sample for the whole call and runs one batched
+        ``generate`` (faster; every sequence of the call shares the sample), returning what
+        ``generate`` returns. Layers run with Flipout or the local reparameterization use plain
+        weight samples here. Inside `frozen`, every sequence uses the posterior mean.
+
+        Args:
+            *args: The prompt ids (``inputs`` of ``generate``).
+            weight_samples (WeightSamples | str): ``"sequence"`` or ``"call"``.
+            **kwargs: Arguments of ``generate`` (``attention_mask``, ``max_new_tokens``, ``do_sample``...).
+
+        Returns:
+            Tensor: Token ids of shape ``[batch * num_return_sequences, length]``.
+
+        Raises:
+            AttributeError: If the wrapped model has no ``generate``.
+            ValueError: If ``weight_samples`` is unknown, or ``return_dict_in_generate=True`` with
+                ``weight_samples="sequence"``.
+        """
+        return generation.generate(self, *args, weight_samples=weight_samples, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # Hugging Face and PEFT methods of the wrapped model (generation.PASSTHROUGH), so that the
+        # Trainer and users can call them on the wrapper; a merge runs at the posterior mean.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in generation.PASSTHROUGH or "module" not in self._modules:
+                raise
+        value = getattr(self._modules["module"], name)
+        if name in generation.MERGING:
+            return _at_mean(self, value)
+        return value
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state["_modules"] = {**state["_modules"], "module": _PicklableModel(self.module)}
@@ -177,6 +221,14 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for posterior, state in states:
             posterior.frozen = state
+
+
+def _at_mean(model: nn.Module, method: Any) -> Any:
+    def at_mean(*args: Any, **kwargs: Any) -> Any:
+        with frozen(model):
+            return method(*args, **kwargs)
+
+    return at_mean
 
 
 def convert_(
