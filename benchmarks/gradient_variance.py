@@ -1,12 +1,13 @@
 """Gradient variance and step time of weight sampling, local reparameterization and Flipout.
 
 An MLP 784-400-400-10 is trained on one fixed synthetic mini-batch: image-like inputs uniform in
-[0, 1] (or, with ``--inputs gaussian``, standard normal), labels from a fixed random teacher. With the data and the variational parameters fixed, the only
-randomness left in the mini-batch gradient is the estimator's noise, so its variance over repeated
-forward/backward passes is the estimator's gradient variance. The script reports, for the first
-layer's ``mu`` and ``rho``, that variance (averaged over elements) and its ratio to plain weight
-sampling (one weight sample shared by the batch), and the median time of a training step
-(forward, ELBO, backward) relative to the deterministic network, with all variants interleaved.
+[0, 1] (or, with ``--inputs gaussian``, standard normal), labels from a fixed random teacher. With
+the data and the variational parameters fixed, the only randomness left in the mini-batch gradient
+is the estimator's noise, so its variance over repeated forward/backward passes is the estimator's
+gradient variance. The script reports, for the first layer's ``mu`` and ``rho``, that variance
+(averaged over elements) and its ratio to plain weight sampling (one weight sample shared by the
+batch), and the median time of a training step (forward, ELBO, backward) relative to the
+deterministic network, with all variants interleaved.
 
 Run: ``python benchmarks/gradient_variance.py`` (about a minute on one CPU core).
 """
@@ -75,8 +76,9 @@ def _step_times(models: dict[str, nn.Module], inputs: Tensor, labels: Tensor, ro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--inputs", choices=["uniform", "gaussian"], default="uniform")
+    parser.add_argument("--batch", type=int, default=128, help="examples in the fixed mini-batch")
+    parser.add_argument("--inputs", choices=["uniform", "gaussian"], default="uniform",
+                        help="uniform: image-like inputs in [0, 1]; gaussian: standard normal inputs")
     parser.add_argument("--sigma", type=float, default=0.05, help="initial posterior standard deviation")
     parser.add_argument("--repeats", type=int, default=200, help="forward/backward passes per variance")
     parser.add_argument("--rounds", type=int, default=40, help="interleaved timing rounds")

@@ -75,8 +75,8 @@ def benchmark(name: str, build: Callable[[], tuple[nn.Module, torch.Tensor]], sa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--samples", type=int, default=32, help="weight samples S per prediction")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (the median is reported)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)

@@ -80,13 +80,14 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="folder holding one sub-folder per data set")
     parser.add_argument("--dataset", required=True, help="sub-folder name, e.g. bostonHousing, concrete, energy, yacht")
     parser.add_argument("--splits", type=int, default=None, help="use the first K splits (default: all)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="methods to run, all by default")
     parser.add_argument("--hidden", type=int, default=50, help="hidden units (100 for protein)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="maximum epochs (default: about 8,000 optimiser steps, between 40 and 1,000 epochs)")
     parser.add_argument("--eval-every", type=int, default=None, help="epochs between validation checks (default epochs / 40)")
     parser.add_argument("--validation", type=float, default=0.2, help="fraction of each training split for model selection")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size of every method")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every method")
     parser.add_argument("--test-samples", type=int, default=1000, help="Monte Carlo samples for the test predictive")
     parser.add_argument("--sigma-init", type=float, default=_recipe.Recipe.sigma_init, help="recipe: initial posterior std")
@@ -95,8 +96,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=_recipe.Recipe.warmup, help="recipe: fraction of steps of KL warm-up")
     parser.add_argument("--empirical-bayes", action="store_true",
                         help="recipe: refit each prior scale to its posterior every epoch (bnn.fit_prior_scale_)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the validation shuffles, the initialisation and the weight samples")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

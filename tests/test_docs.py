@@ -5,7 +5,11 @@ Blocks of one page run in order in one namespace, like a notebook. A block that 
 """
 
 import ast
+import importlib.util
+import os
 import re
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -150,3 +154,76 @@ def test_each_module_has_one_reference_page() -> None:
     navigation = (ROOT / "mkdocs.yml").read_text()
     unlisted = [found[0] for found in pages.values() if found[0] not in navigation]
     assert not unlisted, f"API pages missing from the nav of mkdocs.yml: {unlisted}"
+
+
+def _mathml_hook():
+    spec = importlib.util.spec_from_file_location("docs_mathml_hook", DOCS / "_hooks" / "mathml.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_formulas_become_mathml_when_the_site_is_built() -> None:
+    hook = _mathml_hook()
+    page = (
+        '<p>weight <span class="arithmatex">\\(1/N\\)</span></p>\n'
+        '<div class="arithmatex">\\[\n\\frac{a}{b} &lt; \\log p\n\\]</div>'
+    )
+    rendered = hook.render_math(page)
+    assert "\\(" not in rendered and "\\[" not in rendered and "\\frac" not in rendered
+    assert rendered.count('<math xmlns="http://www.w3.org/1998/Math/MathML"') == 2
+    assert '<span class="arithmatex"><math' in rendered and 'display="inline"' in rendered
+    assert '<div class="arithmatex"><math' in rendered and 'display="block"' in rendered
+    assert "<mfrac>" in rendered and "&#x0003C;" in rendered  # the escaped "<" is read as TeX's "<"
+    assert '<mi>log</mi><mspace width="0.1667em">' in rendered
+    with pytest.raises(ValueError, match=r"cannot convert '\\\\notacommand\{x\}'.*not supported"):
+        hook.render_math('<span class="arithmatex">\\(\\notacommand{x}\\)</span>')
+    aligned = hook.render_math('<div class="arithmatex">\\[\\begin{aligned} a &= b \\\\ c &= d \\end{aligned}\\]</div>')
+    assert aligned.count("<mtr>") == 2 and "&amp;" not in aligned and "<mi>&</mi>" not in aligned
+    with pytest.raises(ValueError, match="not supported"):  # an alignment latex2mathml cannot lay out
+        hook.render_math('<div class="arithmatex">\\[ a &= b \\\\ c &= d \\]</div>')
+
+
+def test_site_loads_nothing_from_other_hosts(site: Path) -> None:
+    external = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=\"(?:https?:)?//", re.IGNORECASE)
+    offenders = {
+        str(page.relative_to(site)): match.group(0)
+        for page in site.rglob("*.html")
+        if (match := external.search(page.read_text()))
+    }
+    assert not offenders, f"pages that load scripts, styles or images from other hosts: {offenders}"
+    elbo = (site / "guide" / "elbo" / "index.html").read_text()
+    assert elbo.count("<math ") >= 20 and "\\frac" not in elbo.split("<body", 1)[1].split("<script", 1)[0]
+
+
+def _bash_lines(text: str) -> list[str]:
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_readme_set_up_commands_are_what_ci_runs() -> None:
+    readme = _bash_lines((ROOT / "README.md").read_text())
+    assert readme[0] == "scripts/install.sh examples && .venv/bin/python examples/digits.py", readme[0]
+    assert readme[1].startswith("scripts/install.sh && .venv/bin/python -m pytest"), readme[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "\nscripts/install.sh test\n" in ci and "\n.venv/bin/python -m pytest" in ci, ci
+    script = (ROOT / "scripts" / "install.sh").read_text()
+    for needed in ("apt-get update", "sudo", "(chromium)", "(chromium-driver)", "torch==2.13.0", '-e ".[$extra]"'):
+        assert needed in script, needed
+    installation = (DOCS / "installation.md").read_text()
+    assert "torch==2.13.0" in installation and "pip install torch\n" not in installation
+
+
+def test_readme_benchmark_commands_use_existing_flags() -> None:
+    commands = [line for line in _bash_lines((ROOT / "README.md").read_text()) if "benchmarks/" in line]
+    assert len(commands) >= 4, commands
+    helps: dict[str, str] = {}
+    for command in commands:
+        script = re.search(r"benchmarks/\w+\.py", command).group(0)
+        if script not in helps:
+            result = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
+                                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, timeout=120)
+            helps[script] = result.stdout
+        flags = re.findall(r"(?<=\s)--[a-z][a-z-]*", command)
+        unknown = [flag for flag in flags if flag not in helps[script]]
+        assert not unknown, f"README runs {script} with flags it does not define: {unknown}"

@@ -226,6 +226,29 @@ def test_unsupported_layer_is_refused_and_left_untouched() -> None:
     assert not bnn.is_bayesian(net) and "forward" not in net[1].__dict__
 
 
+@pytest.mark.parametrize("estimator", [bnn.FlipoutPosterior, bnn.LocalReparameterizationPosterior])
+def test_refusal_lists_the_supported_layers(estimator: type) -> None:
+    # Other tests (and the docs' examples) register kernels of their own, so only these entries are fixed.
+    supported = r"supported layers: [^\n]*nn\.Conv1d, nn\.Conv2d, nn\.Conv3d, nn\.ConvTranspose1d[^\n]*nn\.Linear"
+    lstm = nn.LSTM(3, 4)
+    with pytest.raises(TypeError, match=rf"(?s){estimator.__name__} does not support LSTM\.weight_ih_l0: LSTM has no "
+                                        rf"estimator kernel\.\n{supported}.*register_estimator\(LSTM\)"):
+        bnn.register_posterior(lstm, "weight_ih_l0", estimator)
+    assert not bnn.is_bayesian(lstm)
+    with pytest.raises(TypeError, match=rf"(?s)^weight_ih_l0: .*{supported}.*fallback=GaussianPosterior"):
+        bnn.BayesianModule(lstm, estimator)
+    assert not bnn.is_bayesian(lstm) and "forward" not in lstm.__dict__
+
+    class Scaled(nn.Linear):  # a supported layer with a tensor the estimators do not handle
+        def __init__(self) -> None:
+            super().__init__(3, 2)
+            self.gain = nn.Parameter(torch.ones(2))
+
+    with pytest.raises(TypeError, match=rf"(?s)applies to the weight and bias of a supported layer, got Scaled\.gain\."
+                                        rf"\n{supported}"):
+        bnn.register_posterior(Scaled(), "gain", estimator)
+
+
 def test_subclass_overriding_forward_needs_its_own_kernel() -> None:
     class Doubled(nn.Linear):
         def forward(self, input: Tensor) -> Tensor:

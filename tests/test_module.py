@@ -100,6 +100,37 @@ def test_tied_weights_share_one_posterior_and_one_sample() -> None:
     assert n_params == 2 * (12 * 8 + 8 * 8 + 8)
 
 
+class _Head(nn.Module):
+    """An output head owning a bias that its Linear decoder shares (like BERT's MLM head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = nn.Linear(4, 3)
+        self.bias = self.decoder.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(x)
+
+
+@pytest.mark.parametrize("include", [nn.Linear, "decoder.bias", ["bias"]])
+def test_a_tied_tensor_is_bayesian_when_any_of_its_names_is_selected(include) -> None:
+    head = _Head()
+    model = bnn.BayesianModule(head, include=include)
+    assert bnn.is_bayesian(head, "bias") and bnn.is_bayesian(head.decoder, "bias")
+    posterior = head.parametrizations.bias[0]
+    assert head.decoder.parametrizations.bias[0] is posterior
+    assert sum(q is posterior for _, q in model.posteriors()) == 1
+    assert bnn.is_bayesian(head.decoder, "weight") == (include is nn.Linear)
+
+
+def test_a_tied_tensor_stays_deterministic_when_any_of_its_names_is_excluded() -> None:
+    for exclude in ("bias", "decoder.bias", _Head):
+        head = _Head()
+        bnn.BayesianModule(head, include=nn.Linear, exclude=exclude)
+        assert not bnn.is_bayesian(head, "bias") and not bnn.is_bayesian(head.decoder, "bias"), exclude
+        assert head.bias is head.decoder.bias
+
+
 def test_forward_passes_keywords_and_returns_the_output_unchanged() -> None:
     model = bnn.BayesianModule(TiedLanguageModel())
     ids, mask = torch.randint(0, 12, (2, 5)), torch.ones(2, 5)

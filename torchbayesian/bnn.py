@@ -1,8 +1,8 @@
 """The public API: ``from torchbayesian import bnn``.
 
 `BayesianTrainer`, `load_bayesian`, `save_bayesian` and `transformer_policy` need transformers, and
-`BayesianLightningModule` needs lightning; they are imported on first access and left out of ``__all__``
-so that ``import *`` needs neither.
+`bayesian_lora`, `load_bayesian_lora` and `LoraTargets` need peft, and `BayesianLightningModule` needs
+lightning; they are imported on first access and left out of ``__all__`` so that ``import *`` needs none of them.
 """
 
 from typing import Any
@@ -158,15 +158,20 @@ __all__ = [
 ]
 
 _HUGGINGFACE = ("BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy")
+_PEFT = ("LoraTargets", "bayesian_lora", "load_bayesian_lora")
 _LIGHTNING = ("BayesianLightningModule",)
 
 
 def __getattr__(name: str) -> Any:
-    # The transformers and Lightning integrations are imported on first use, so that the core needs neither.
+    # The transformers, peft and Lightning integrations are imported on first use, so that the core needs none.
     if name in _HUGGINGFACE:
         from torchbayesian.integrations import huggingface
 
         return getattr(huggingface, name)
+    if name in _PEFT:
+        from torchbayesian.integrations import lora
+
+        return getattr(lora, name)
     if name in _LIGHTNING:
         from torchbayesian.integrations import lightning
 
@@ -175,4 +180,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_HUGGINGFACE, *_LIGHTNING])
+    return sorted([*globals(), *_HUGGINGFACE, *_PEFT, *_LIGHTNING])

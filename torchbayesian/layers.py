@@ -230,9 +230,10 @@ class LSTM(_RecurrentLayer, _PeepholeLSTM):
 
     $$
     \\begin{aligned}
-    i_t, f_t, o_t &= \\sigma(W_{i,f,o} x_t + U_{i,f,o} c_{t-1} + b_{i,f,o}), \\quad
-    g_t = \\sigma(W_g x_t + b_g), \\\\
-    c_t &= f_t \\odot c_{t-1} + i_t \\odot g_t, \\quad h_t = \\tanh(o_t \\odot c_t).
+    i_t, f_t, o_t &= \\sigma(W_{i,f,o} x_t + U_{i,f,o} c_{t-1} + b_{i,f,o}), \\\\
+    g_t &= \\sigma(W_g x_t + b_g), \\\\
+    c_t &= f_t \\odot c_{t-1} + i_t \\odot g_t, \\\\
+    h_t &= \\tanh(o_t \\odot c_t).
     \\end{aligned}
     $$
 

@@ -28,10 +28,18 @@ def kl_weight(
     """Return the weight of the KL term for a data term averaged (or summed) over a mini-batch.
 
     The negative ELBO over a training set of $N$ examples is
-    $\\sum_{i=1}^{N} \\mathbb{E}_q[-\\log p(y_i \\mid x_i, w)] + \\mathrm{KL}(q \\,\\|\\, p)$.
+
+    $$
+    \\sum_{i=1}^{N} \\mathbb{E}_q[-\\log p(y_i \\mid x_i, w)] + \\mathrm{KL}(q \\,\\|\\, p).
+    $$
+
     Dividing by $N$ does not move its minimum, and a mini-batch $B$ estimates the first term
     without bias:
-    $\\frac{1}{|B|}\\sum_{i \\in B} \\mathbb{E}_q[-\\log p(y_i \\mid x_i, w)] + \\frac{1}{N}\\mathrm{KL}(q \\,\\|\\, p)$.
+
+    $$
+    \\frac{1}{|B|}\\sum_{i \\in B} \\mathbb{E}_q[-\\log p(y_i \\mid x_i, w)] + \\frac{1}{N}\\mathrm{KL}(q \\,\\|\\, p).
+    $$
+
     So a **mean**-reduced data term (PyTorch's default) takes weight $1/N$, and a **sum**-reduced
     one takes $|B|/N$. Using $1/|B|$ or $1$ instead over-regularises by a factor of $N/|B|$ or $N$.
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from torchbayesian import _sampling
+from torchbayesian import _sampling, generation
 from torchbayesian.mixin import BayesianMixin
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.posteriors.gaussian import GaussianPosterior
@@ -60,7 +60,9 @@ class BayesianModule(BayesianMixin, nn.Module):
     - ``include``/``exclude`` select by module type or by glob on the parameter's qualified name
       (``"classifier.*"``) or its module's (``"encoder.layer.0*"``).
     - A parameter reachable under several names (tied weights) gets **one** posterior, registered
-      at every name, so the tensors stay tied and see one sample per forward.
+      at every name, so the tensors stay tied and see one sample per forward. It is converted when
+      any of its names is selected (``include=[nn.Linear]`` converts a bias that a Linear shares
+      with another module) and none is excluded.
     - A posterior that supports only some layers (`FlipoutPosterior`,
       `LocalReparameterizationPosterior`) goes on the tensors it supports and ``fallback`` on the
       others; without ``fallback``, an unsupported tensor raises a ``TypeError`` and nothing changes.
@@ -143,6 +145,50 @@ class BayesianModule(BayesianMixin, nn.Module):
         """Yield ``(qualified_name, posterior)`` for each posterior, names relative to `module`."""
         return posteriors(self.module)
 
+    def generate(
+        self, *args: Any, weight_samples: generation.WeightSamples | str = "sequence", **kwargs: Any
+    ) -> Tensor:
+        """Generate with the wrapped model's ``generate`` (Hugging Face), holding each weight sample fixed per sequence.
+
+        **Sampling rule.** With ``weight_samples="sequence"`` (the default) every generated
+        sequence, each row of the batch and each of ``num_return_sequences``, gets its own
+        weight sample, drawn once and used at every decoding step, so tied tensors (an embedding
+        and its ``lm_head``) agree at every step; ``num_return_sequences=k`` is multi-sample
+        generation: $k$ continuations under $k$ weight samples. The sequences are generated one
+        at a time and returned as one tensor of token ids, right-padded with ``pad_token_id``.
+        ``weight_samples="call"`` draws one sample for the whole call and runs one batched
+        ``generate`` (faster; every sequence of the call shares the sample), returning what
+        ``generate`` returns. Layers run with Flipout or the local reparameterization use plain
+        weight samples here. Inside `frozen`, every sequence uses the posterior mean.
+
+        Args:
+            *args: The prompt ids (``inputs`` of ``generate``).
+            weight_samples (WeightSamples | str): ``"sequence"`` or ``"call"``.
+            **kwargs: Arguments of ``generate`` (``attention_mask``, ``max_new_tokens``, ``do_sample``...).
+
+        Returns:
+            Tensor: Token ids of shape ``[batch * num_return_sequences, length]``.
+
+        Raises:
+            AttributeError: If the wrapped model has no ``generate``.
+            ValueError: If ``weight_samples`` is unknown, or ``return_dict_in_generate=True`` with
+                ``weight_samples="sequence"``.
+        """
+        return generation.generate(self, *args, weight_samples=weight_samples, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # Hugging Face and PEFT methods of the wrapped model (generation.PASSTHROUGH), so that the
+        # Trainer and users can call them on the wrapper; a merge runs at the posterior mean.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in generation.PASSTHROUGH or "module" not in self._modules:
+                raise
+        value = getattr(self._modules["module"], name)
+        if name in generation.MERGING:
+            return _at_mean(self, value)
+        return value
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state["_modules"] = {**state["_modules"], "module": _PicklableModel(self.module)}
@@ -177,6 +223,14 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
             posterior.frozen = state
 
 
+def _at_mean(model: nn.Module, method: Any) -> Any:
+    def at_mean(*args: Any, **kwargs: Any) -> Any:
+        with frozen(model):
+            return method(*args, **kwargs)
+
+    return at_mean
+
+
 def convert_(
     model: nn.Module,
     posterior: PosteriorSpec,
@@ -192,9 +246,10 @@ def convert_(
     exclude_patterns = _as_patterns(exclude, "exclude")
     planned: list[tuple[list[tuple[nn.Module, str]], VariationalPosterior]] = []
     for param, param_sites in _parameter_sites(model).items():
-        qualified_name, module_name, owner, tensor_name = param_sites[0]
-        if not _selected(param, qualified_name, module_name, owner, include_patterns, exclude_patterns):
+        selected_sites = _selected_sites(param, param_sites, include_patterns, exclude_patterns)
+        if not selected_sites:
             continue
+        qualified_name, _, owner, _ = selected_sites[0]
         chosen = _supporting_posterior(posterior, fallback, param_sites)
         built = build_posterior(chosen, param, qualified_name, dict(posterior_kwargs))
         built.prior = resolve_prior(prior, param, qualified_name, owner)
@@ -234,21 +289,23 @@ def _parameter_sites(model: nn.Module) -> dict[nn.Parameter, list[tuple[str, str
     return found
 
 
-def _selected(
+def _selected_sites(
     param: nn.Parameter,
-    qualified_name: str,
-    module_name: str,
-    owner: nn.Module,
+    param_sites: list[tuple[str, str, nn.Module, str]],
     include: list[Filter],
     exclude: list[Filter],
-) -> bool:
+) -> list[tuple[str, str, nn.Module, str]]:
+    """Return the names under which ``param`` is selected; a tied tensor is Bayesian if any one is.
+
+    Empty when the tensor is frozen or not floating point, or when ``exclude`` matches any of its names.
+    """
     if not param.requires_grad or not param.is_floating_point():
-        return False
-    if _matches(exclude, qualified_name, module_name, owner):
-        return False
+        return []
+    if any(_matches(exclude, name, module_name, owner) for name, module_name, owner, _ in param_sites):
+        return []
     if include:
-        return _matches(include, qualified_name, module_name, owner)
-    return not is_normalization(owner)
+        return [site for site in param_sites if _matches(include, site[0], site[1], site[2])]
+    return [site for site in param_sites if not is_normalization(site[2])]
 
 
 def is_normalization(module: nn.Module) -> bool:

@@ -48,6 +48,13 @@ def predict(
     every draw. Gradients flow as usual; wrap the call in ``torch.no_grad()`` for inference. The
     posteriors' `last_sample` is left as it was before the call.
 
+    Hugging Face models (a ``config`` with ``use_cache``, e.g. causal language models) are run with
+    ``use_cache=False`` unless ``use_cache`` is passed: a key-value cache belongs to one weight
+    sample and is of no use to the next. Non-tensor outputs that differ between draws (a cache
+    when ``use_cache=True``) come back as ``None``. For a causal LM, ``logits`` of shape
+    ``[S, batch, tokens, vocab]`` give the token-level predictive entropy and mutual information
+    with ``bnn.entropy(logits, from_logits=True)`` and ``bnn.epistemic_uncertainty(logits, from_logits=True)``.
+
     Args:
         model (nn.Module): A `BayesianModule`, or any module holding posteriors.
         *args: Positional inputs of the model.
@@ -81,6 +88,8 @@ def predict(
     _check_count(num_samples, "num_samples")
     if chunk_size is not None:
         _check_count(chunk_size, "chunk_size")
+    if "use_cache" not in kwargs and getattr(getattr(model, "config", None), "use_cache", None) is not None:
+        kwargs["use_cache"] = False
     if vectorize is None:
         vectorize = model.training not in _loop_only.get(model, ())
         strict = False
@@ -126,9 +135,18 @@ def _looped(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], num
     if any(spec != specs[0] for spec in specs):
         raise ValueError(f"predict: {type(model).__name__} returned outputs of different structure across draws.")
     stacked = [
-        torch.stack(leaves) if isinstance(leaves[0], Tensor) else leaves[0] for leaves in zip(*flat)
+        torch.stack(leaves) if isinstance(leaves[0], Tensor) else _shared(leaves) for leaves in zip(*flat)
     ]
     return pytree.tree_unflatten(stacked, specs[0])
+
+
+def _shared(leaves: tuple[Any, ...]) -> Any:
+    # A non-tensor output (a number, a string) is kept when every draw returns it; one that differs
+    # between draws (a key-value cache) belongs to no single prediction and is dropped.
+    try:
+        return leaves[0] if all(leaf is leaves[0] or leaf == leaves[0] for leaf in leaves) else None
+    except (RuntimeError, TypeError, ValueError):
+        return None
 
 
 @contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -15,7 +17,7 @@ from torchbayesian.estimators.registry import Kernel, LayerOp, find_kernel, regi
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import get_posterior
 
-__all__ = ["EstimatorPosterior", "Term", "channel_view", "rademacher"]
+__all__ = ["EstimatorPosterior", "Term", "channel_view", "rademacher", "sampled_weights"]
 
 
 class Term(NamedTuple):
@@ -96,8 +98,6 @@ class EstimatorPosterior(GaussianPosterior):
             f"register a kernel with register_estimator({layer}), or pass fallback=GaussianPosterior "
             "to BayesianModule to use plain weight sampling there"
         )
-        if name not in cls.tensor_names:
-            raise TypeError(f"{cls.__name__} applies to the weight and bias of a layer, got {layer}.{name}; {fix}.")
         if find_kernel(module) is None:
             base = registered_base(layer_type)
             why = "" if base is None else f" (it overrides the forward of {base.__name__}, so it needs its own)"
@@ -105,6 +105,13 @@ class EstimatorPosterior(GaussianPosterior):
                 f"{cls.__name__} does not support {layer}.{name}: {layer} has no estimator kernel{why}.\n"
                 f"supported layers: {', '.join(supported_layers())}\n"
                 f"fix: {fix}."
+            )
+        if name not in cls.tensor_names:
+            raise TypeError(
+                f"{cls.__name__} applies to the {' and '.join(cls.tensor_names)} of a supported layer, "
+                f"got {layer}.{name}.\n"
+                f"supported layers: {', '.join(supported_layers())}\n"
+                f"fix: pass fallback=GaussianPosterior to BayesianModule to use plain weight sampling there."
             )
         other_name = "bias" if name == "weight" else "weight"
         other = get_posterior(module, other_name)
@@ -169,16 +176,38 @@ class _EstimatorForward:
         self.layer = layer
         self.kernel = kernel
         self.previous = layer.__dict__.get("forward")
+        self.sample_weights = False
 
     def __call__(self, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         layer = self.layer
         weight, bias = _term(layer, "weight"), _term(layer, "bias")
         posterior = weight.posterior if weight.posterior is not None else bias.posterior
-        if posterior is None:
+        if posterior is None or self.sample_weights:
             if self.previous is not None:
                 return self.previous(input, *args, **kwargs)
             return type(layer).forward(layer, input, *args, **kwargs)
         return type(posterior).estimate(self.kernel(layer, input, *args, **kwargs), input, weight, bias)
+
+
+@contextmanager
+def sampled_weights(module: nn.Module) -> Iterator[nn.Module]:
+    """Run the layers of ``module`` that hold estimator posteriors with plain weight samples inside the block.
+
+    The layer's own forward then reads a sample of its weight, so that one sample drawn in an
+    enclosing `reuse_samples` block holds for every call of the layer (Flipout or the local
+    reparameterization draw new noise at each call). `BayesianModule.generate` uses it to keep one
+    weight sample for all the decoding steps of a sequence.
+    """
+    forwards = [layer.__dict__["forward"] for layer in module.modules()
+                if isinstance(layer.__dict__.get("forward"), _EstimatorForward)]
+    states = [(forward, forward.sample_weights) for forward in forwards]
+    for forward in forwards:
+        forward.sample_weights = True
+    try:
+        yield module
+    finally:
+        for forward, state in states:
+            forward.sample_weights = state
 
 
 def _term(layer: nn.Module, name: str) -> Term:

@@ -28,6 +28,7 @@ from torchbayesian import __version__
 from torchbayesian._sampling import reuse_samples
 from torchbayesian.kl import kl_divergence
 from torchbayesian.module import BayesianModule, Filters, _as_patterns
+from torchbayesian.predict import predict
 from torchbayesian.registration import is_bayesian
 
 __all__ = ["BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy"]
@@ -137,6 +138,13 @@ class BayesianTrainer(Trainer):
         num_mc_samples (int): Forward passes averaged per step, $S$.
         dataset_size (int | None): Number of training examples $N$; ``len(train_dataset)`` by default.
         kl_weight (float): Multiplier $\\beta$ of the KL term (1 for the ELBO; smaller values temper it).
+        num_eval_samples (int): Weight samples averaged in evaluation and ``Trainer.predict``
+            (`bnn.predict`, vectorised where possible). The returned logits are the log of the
+            Monte Carlo mean probability $\\log \\frac{1}{S}\\sum_s \\mathrm{softmax}(z_s)$, so
+            ``compute_metrics`` sees the predictive distribution; for sequence classification (logits
+            ``[batch, classes]``, integer labels) ``eval_loss`` is its negative log-likelihood,
+            otherwise the mean of the model's losses over the samples. ``1`` evaluates one sample
+            as the plain `Trainer` does.
         **trainer_kwargs: More keyword arguments of `Trainer` (``train_dataset``, ``eval_dataset``,
             ``compute_metrics``...).
 
@@ -172,6 +180,7 @@ class BayesianTrainer(Trainer):
         num_mc_samples: int = 1,
         dataset_size: int | None = None,
         kl_weight: float = 1.0,
+        num_eval_samples: int = 8,
         **trainer_kwargs: Any,
     ) -> None:
         if not isinstance(model, BayesianModule):
@@ -182,6 +191,7 @@ class BayesianTrainer(Trainer):
         if not is_bayesian(model):
             raise ValueError(f"BayesianTrainer: the {type(model.module).__name__} holds no posterior to train.")
         self.num_mc_samples = _positive_int(num_mc_samples, "num_mc_samples")
+        self.num_eval_samples = _positive_int(num_eval_samples, "num_eval_samples")
         self.dataset_size = None if dataset_size is None else _positive_int(dataset_size, "dataset_size")
         if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or not (
             math.isfinite(kl_weight) and kl_weight >= 0
@@ -198,7 +208,7 @@ class BayesianTrainer(Trainer):
                 "BayesianTrainer: label_smoothing_factor must be 0; the data term is the model's own loss."
             )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
-        wrapped = model.module
+        wrapped = _inspected(model)
         self.model_accepts_loss_kwargs = False
         if self.args.label_names is None:
             self.label_names = find_labels(type(wrapped))
@@ -223,6 +233,36 @@ class BayesianTrainer(Trainer):
             loss = loss + self.kl_weight * kl_divergence(model) / self._dataset_size()
         return (loss, outputs) if return_outputs else loss
 
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Return the evaluation loss, Monte Carlo averaged logits and labels of one batch (see ``num_eval_samples``)."""
+        if self.num_eval_samples == 1:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        labels = [inputs.get(name) for name in self.label_names]
+        label = labels[0] if len(labels) == 1 else None
+        with torch.no_grad():
+            outputs = predict(model, **inputs, num_samples=self.num_eval_samples)
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if logits is None:
+            raise ValueError(
+                f"BayesianTrainer: {type(self.model.module).__name__} returned no logits to average; "
+                "pass num_eval_samples=1 to evaluate one sample with the plain Trainer."
+            )
+        log_predictive = torch.logsumexp(logits.float().log_softmax(-1), dim=0) - math.log(logits.shape[0])
+        if label is not None and logits.dim() == 3 and label.dim() == 1 and not label.is_floating_point():
+            loss = torch.nn.functional.nll_loss(log_predictive, label, ignore_index=-100)
+        else:
+            loss = _loss_of(outputs, type(self.model.module).__name__).mean()
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), log_predictive, label if label is not None else tuple(labels) or None
+
     def _dataset_size(self) -> int:
         if self.dataset_size is not None:
             return self.dataset_size
@@ -236,7 +276,7 @@ class BayesianTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            columns = list(inspect.signature(self.model.module.forward).parameters)
+            columns = list(inspect.signature(_inspected(self.model).forward).parameters)
             self._signature_columns = list(dict.fromkeys([*columns, "label", "label_ids", *self.label_names]))
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Tensor] | None = None) -> None:
@@ -338,6 +378,13 @@ def _unshared(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _storage(tensor: Tensor) -> tuple[int, int]:
     return tensor.untyped_storage().data_ptr(), tensor.storage_offset()
+
+
+def _inspected(model: BayesianModule) -> nn.Module:
+    """The model whose forward signature names the inputs: the base model of a PEFT model."""
+    wrapped = model.module
+    base = getattr(wrapped, "get_base_model", None)
+    return base() if callable(base) else wrapped
 
 
 def _loss_of(outputs: Any, model_name: str) -> Tensor:

@@ -157,14 +157,11 @@ class BayesianLightningModule(L.LightningModule):
         kl = kl_divergence(self.model)
         weight = self.kl_weight()
         loss = data_loss + weight * kl
-        metrics = {
-            "train/nll": data_loss.detach(),
-            "train/kl": kl.detach(),
-            "train/elbo": -(data_loss.detach() + kl.detach() / self.dataset_size()),
-            "train/kl_weight": weight,
-        }
-        self.log_dict(metrics, on_step=True, on_epoch=True, sync_dist=True)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        # The progress bar shows the data term and the KL apart, beside the loss they make.
+        shown = {"train/nll": data_loss.detach(), "train/kl": kl.detach(), "train/loss": loss.detach()}
+        logged = {"train/elbo": -(data_loss.detach() + kl.detach() / self.dataset_size()), "train/kl_weight": weight}
+        self.log_dict(shown, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log_dict(logged, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
