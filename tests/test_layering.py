@@ -14,8 +14,10 @@ LAYERS = [
     {"priors", "priors.base", "priors.distribution", "priors.gaussian", "priors.laplace", "priors.scale_mixture"},
     {"posteriors", "posteriors.base", "posteriors.gaussian", "posteriors.scale_mixture"},
     {"registration"},
+    {"estimators", "estimators.base", "estimators.flipout", "estimators.lrt", "estimators.registry",
+     "estimators.layer_op", "estimators.layers", "estimators._transformers"},
     {"kl"},
-    {"mixin", "module", "checkpoints", "predict", "losses"},
+    {"mixin", "module", "checkpoints", "predict", "losses", "generation"},
 ]
 
 

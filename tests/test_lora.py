@@ -256,6 +256,11 @@ def test_predict_on_a_causal_lm_is_vectorised_and_gives_token_uncertainty(build)
     assert (mutual_information > 0).all() and (mutual_information <= total + 1e-6).all()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (issue 15, open): non-reentrant checkpointing of a bayesian_lora model recomputes a "
+    "different set of saved tensors (CheckpointError); strict, so the fix must remove this marker",
+)
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
         model = trained_like(bnn.bayesian_lora(lora(llama)))

@@ -319,7 +319,8 @@ def _looped(op: Callable[..., Any], outputs: int) -> Callable[..., Any]:
     def rule(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[Any, Any]:
         results = []
         for index in range(info.batch_size):
-            picked = [arg if dim is None else arg.select(dim, index) for arg, dim in zip(args, in_dims)]
+            picked = [arg.select(dim, index) if isinstance(arg, Tensor) and dim is not None else arg
+                      for arg, dim in zip(args, in_dims)]
             results.append(op(*picked))
         if outputs == 1:
             return torch.stack(results), 0
