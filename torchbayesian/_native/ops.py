@@ -11,7 +11,7 @@ implementation turn a seed into different standard normals (see the performance 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -272,39 +272,43 @@ local_reparameterization.register_autograd(_local_reparameterization_backward,
 
 
 @torch.library.custom_op("torchbayesian::rademacher", mutates_args=())
-def rademacher(like: Tensor, shape: Sequence[int], seed: Tensor) -> Tensor:
-    """Draw random signs; see `_torch_rademacher` (the implementation on every device)."""
-    return _torch_rademacher(like, shape, seed)
+def rademacher(like: Tensor, seed: Tensor) -> Tensor:
+    """Draw random signs shaped like ``like``; see `_torch_rademacher` (the implementation on every device)."""
+    return _torch_rademacher(like, seed)
 
 
-def _torch_rademacher(like: Tensor, shape: Sequence[int], seed: Tensor) -> Tensor:
-    """Return a tensor of ``shape`` with entries -1 or +1, each with probability 1/2, in ``like``'s dtype and device."""
+def _torch_rademacher(like: Tensor, seed: Tensor) -> Tensor:
+    """Return a tensor of ``like``'s shape, dtype and device with entries -1 or +1, each with probability 1/2.
+
+    Only the shape, dtype and device of ``like`` are read (the shape travels as a tensor rather than
+    an ``int[]`` argument).
+    """
     generator = torch.Generator(device=like.device)
     generator.manual_seed(int(seed) & (2**64 - 1))
-    signs = torch.randint(0, 2, tuple(shape), generator=generator, dtype=like.dtype, device=like.device)
+    signs = torch.randint(0, 2, like.shape, generator=generator, dtype=like.dtype, device=like.device)
     return signs.mul_(2).sub_(1)
 
 
 @rademacher.register_kernel("cpu")
-def _rademacher_cpu(like: Tensor, shape: Sequence[int], seed: Tensor) -> Tensor:
+def _rademacher_cpu(like: Tensor, seed: Tensor) -> Tensor:
     if not _native(like):
-        return _torch_rademacher(like, shape, seed)
-    out = torch.empty(tuple(shape), dtype=like.dtype)
+        return _torch_rademacher(like, seed)
+    out = torch.empty(like.shape, dtype=like.dtype)
     KERNELS.tb_rademacher(out.data_ptr(), out.numel(), int(seed) & (2**64 - 1), 0)
     return out
 
 
 @rademacher.register_fake
-def _rademacher_fake(like: Tensor, shape: Sequence[int], seed: Tensor) -> Tensor:
-    return like.new_empty(tuple(shape))
+def _rademacher_fake(like: Tensor, seed: Tensor) -> Tensor:
+    return torch.empty_like(like)
 
 
 def _rademacher_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     ctx.mark_non_differentiable(output)
 
 
-def _rademacher_backward(ctx: Any, grad: Tensor) -> tuple[None, None, None]:
-    return None, None, None
+def _rademacher_backward(ctx: Any, grad: Tensor) -> tuple[None, None]:
+    return None, None
 
 
 rademacher.register_autograd(_rademacher_backward, setup_context=_rademacher_setup)

@@ -227,7 +227,7 @@ def rademacher(reference: Tensor, channel_dim: int) -> Tensor:
     shape[channel_dim] = reference.shape[channel_dim]
     if reference.dim() > -channel_dim:
         shape[0] = reference.shape[0]
-    return ops.rademacher(reference.detach(), shape, ops.draw_seed())
+    return ops.rademacher(reference.detach().new_empty(shape), ops.draw_seed())
 
 
 def channel_view(vector: Tensor, channel_dim: int) -> Tensor:
