@@ -102,8 +102,8 @@ def bayesian_lora(
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> peft_model = get_peft_model(net, LoraConfig(r=2, target_modules=["0", "2"]))
         >>> model = bnn.bayesian_lora(peft_model)
-        >>> [name.split(".")[-4] for name, _ in model.posteriors()]
-        ['lora_A', 'lora_A']
+        >>> ["lora_A" in name for name, _ in model.posteriors()]
+        [True, True]
         >>> model.kl_divergence().shape
         torch.Size([])
     """
