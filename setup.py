@@ -8,6 +8,8 @@ from setuptools.command.build_ext import build_ext
 # No -march=native: the kernels use function multiversioning (see gaussian.c), so one build is portable.
 _FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math", "-std=c99", "-Wno-psabi"]
 
+_LOG = logging.getLogger("torchbayesian.setup")
+
 
 class OptionalBuildExt(build_ext):
     """Build the kernels when a C compiler is available, else install the package without them."""
@@ -16,13 +18,13 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as error:  # noqa: BLE001 (no compiler, missing headers, ...: all optional)
-            logging.warning("torchbayesian: C kernels not built (%s); the torch implementation will be used.", error)
+            _LOG.warning("torchbayesian: C kernels not built (%s); the torch implementation will be used.", error)
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except Exception as error:  # noqa: BLE001
-            logging.warning("torchbayesian: C kernels not built (%s); the torch implementation will be used.", error)
+            _LOG.warning("torchbayesian: C kernels not built (%s); the torch implementation will be used.", error)
 
 
 setup(

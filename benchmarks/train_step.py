@@ -254,7 +254,7 @@ def _table(
         header += ["peak memory deterministic (MB)"] + [f"{v} memory ratio" for v in bayes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config, optimizer_name, runs in rows:
-        def median(key: str) -> float:
+        def median(key: str, runs: list[dict[str, float]] = runs) -> float:
             return statistics.median(run[key] for run in runs)
 
         base = median("deterministic")

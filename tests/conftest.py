@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,25 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def run_python() -> Callable[[str], str]:
+    """Run a Python snippet in a fresh interpreter that imports this checkout; return its stdout.
+
+    Tests of import-time behaviour use it rather than re-importing ``torchbayesian`` in the test
+    process: a second import registers the library's torch operators again, and when the copy is
+    dropped its registrations go with it, leaving the first copy's operator handles dangling.
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(code: str) -> str:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                                check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,3 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import matplotlib
 import pytest
@@ -122,11 +118,8 @@ def test_bad_inputs_raise():
         bnn.negative_log_likelihood(probs, torch.zeros(4, dtype=torch.long))
 
 
-def test_matplotlib_is_not_imported_by_the_package():
-    code = "import sys, torchbayesian.bnn; print('matplotlib' in sys.modules)"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert result.stdout.strip() == "False"
+def test_matplotlib_is_not_imported_by_the_package(run_python):
+    assert run_python("import sys, torchbayesian.bnn; print('matplotlib' in sys.modules)").strip() == "False"
 
 
 def test_ece_bins_are_closed_on_the_right():

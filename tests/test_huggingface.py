@@ -1,6 +1,4 @@
 import copy
-import importlib
-import math
 import os
 import sys
 from pathlib import Path
@@ -338,25 +336,35 @@ def test_trainer_rejects_bad_arguments(tmp_path) -> None:
         trainer.compute_loss(model, unlabeled)
 
 
-class _BlockTransformers:
-    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+_WITHOUT_TRANSFORMERS = """
+import sys
+
+import pytest
+from torch import nn
+
+
+class BlockTransformers:
+    def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] == "transformers":
             raise ImportError("transformers is blocked by the test")
 
 
-def test_bnn_works_without_transformers_and_loads_the_integration_lazily(monkeypatch) -> None:
-    for name in list(sys.modules):
-        if name.split(".")[0] in ("torchbayesian", "transformers"):
-            monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(sys, "meta_path", [_BlockTransformers(), *sys.meta_path])
-    fresh = importlib.import_module("torchbayesian.bnn")
-    assert "transformers" not in sys.modules
-    assert isinstance(fresh.BayesianModule(nn.Linear(2, 2)), nn.Module)
-    assert {"BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy"} <= set(dir(fresh))
-    with pytest.raises(ImportError, match="blocked"):
-        _ = fresh.transformer_policy
-    with pytest.raises(AttributeError, match="has no attribute 'BayesianTrainers'"):
-        _ = fresh.BayesianTrainers
+sys.meta_path.insert(0, BlockTransformers())
+from torchbayesian import bnn
+
+assert "transformers" not in sys.modules
+assert isinstance(bnn.BayesianModule(nn.Linear(2, 2)), nn.Module)
+assert {"BayesianTrainer", "load_bayesian", "save_bayesian", "transformer_policy"} <= set(dir(bnn))
+with pytest.raises(ImportError, match="blocked"):
+    _ = bnn.transformer_policy
+with pytest.raises(AttributeError, match="has no attribute 'BayesianTrainers'"):
+    _ = bnn.BayesianTrainers
+print("ok")
+"""
+
+
+def test_bnn_works_without_transformers_and_loads_the_integration_lazily(run_python) -> None:
+    assert run_python(_WITHOUT_TRANSFORMERS).strip() == "ok"
 
 
 @pytest.fixture(scope="module")

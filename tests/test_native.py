@@ -121,7 +121,7 @@ def test_the_two_implementations_advance_torchs_generator_alike_and_differ_only_
     for flag in ("0", "1"):
         env = {**os.environ, "TORCHBAYESIAN_NATIVE": flag, "PYTHONPATH": str(ROOT)}
         done = subprocess.run([sys.executable, "-c", _SEED_SCRIPT], env=env, capture_output=True, text=True, check=True)
-        results[flag] = eval(done.stdout.strip().splitlines()[-1])  # noqa: S307 (our own JSON)
+        results[flag] = eval(done.stdout.strip().splitlines()[-1])
     assert results["0"]["after"] == results["1"]["after"]
     if any((ROOT / "torchbayesian" / "_native").glob("_kernels*.so")):
         assert results["0"]["sample"] != results["1"]["sample"]
@@ -143,7 +143,7 @@ def test_local_reparameterization_matches_the_clamped_expression_and_its_gradien
     generator = torch.Generator().manual_seed(0)
     mean = torch.randn(600, generator=generator).requires_grad_()
     variance = torch.rand(600, generator=generator).index_fill_(0, torch.tensor([0, 5]), 0.0).requires_grad_()
-    out, slope = ops.local_reparameterization(mean, variance, ops.draw_seed())
+    out, _ = ops.local_reparameterization(mean, variance, ops.draw_seed())
     std = variance.detach().clamp_min(torch.finfo(torch.float32).tiny).sqrt()
     eps = (out.detach() - mean.detach()) / std
     assert stats.kstest(eps[variance.detach() > 0.01].numpy(), "norm").pvalue > 1e-4
@@ -187,7 +187,7 @@ def test_loading_the_kernels_keeps_denormals_and_runs_no_compiler() -> None:
         "print('ok')"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CC": "/nonexistent-compiler"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 

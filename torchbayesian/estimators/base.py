@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, NamedTuple
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.utils import parametrize
 
 from torchbayesian.estimators.layer_op import LayerOp
