@@ -166,9 +166,17 @@ class GaussianPosterior(VariationalPosterior):
                     ops.VARIANCE: sigma.square}[mode]()
         prior = self.prior
         # Recording needs autograd hooks and version counters, which torch.compile does not trace.
-        with_kl = (record is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                   and _gaussian_pair(self, prior))
-        loc, scale = (prior.loc, prior.scale) if with_kl else (self.mu.new_zeros(()), self.mu.new_ones(()))
+        gaussian = _gaussian_pair(self, prior)
+        with_kl = record is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling() and gaussian
+        # The op saves ``loc`` and ``scale`` whether or not it computes the KL: they must not depend on
+        # the scope. Non-reentrant activation checkpointing recomputes this draw after the scope has
+        # closed (no record, so no KL) and hands the recomputed tensors to the forward's backward,
+        # which computes the KL's gradient from them. Without the KL they are detached, so that a
+        # learnable prior gets no (zero) gradient from a draw that did not compute the KL.
+        if gaussian:
+            loc, scale = (prior.loc, prior.scale) if with_kl else (prior.loc.detach(), prior.scale.detach())
+        else:
+            loc, scale = self.mu.new_zeros(()), self.mu.new_ones(())
         seed = ops.draw_seed() if mode != ops.VARIANCE else torch.zeros((), dtype=torch.int64)
         out, kl = ops.gaussian_draw(self.mu, self.rho, seed, loc, scale, mode, with_kl)
         if with_kl:
