@@ -256,15 +256,36 @@ def test_predict_on_a_causal_lm_is_vectorised_and_gives_token_uncertainty(build)
     assert (mutual_information > 0).all() and (mutual_information <= total + 1e-6).all()
 
 
-@pytest.mark.parametrize("use_reentrant", [False, True])
-def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant) -> None:
+_REENTRANT_READS_TWICE = pytest.mark.xfail(
+    strict=True,
+    reason="re-entrant checkpointing takes no context_fn: its recomputation runs outside the sampling scope, and "
+    "PEFT reads lora_A.weight (for its dtype) before calling lora_A, two reads drawn separately there",
+)
+
+
+@pytest.mark.parametrize(
+    ("posterior", "use_reentrant"),
+    [
+        (bnn.FlipoutPosterior, False),
+        (bnn.FlipoutPosterior, True),
+        (bnn.FlipoutPosterior, None),
+        (bnn.GaussianPosterior, False),
+        pytest.param(bnn.GaussianPosterior, True, marks=_REENTRANT_READS_TWICE),
+        (bnn.GaussianPosterior, None),
+    ],
+    ids=lambda value: getattr(value, "__name__", f"reentrant={value}"),
+)
+def test_gradient_checkpointing_gives_the_same_gradients(posterior, use_reentrant) -> None:
     # The priors derived from the initialisation (scale != 1) make the KL's gradient depend on the
-    # prior the recomputed draw saves (issue 15: non-reentrant recomputation saved N(0, 1)).
+    # prior the recomputed draw saves (issue 15: non-reentrant recomputation saved N(0, 1)); plain
+    # weight sampling reads lora_A.weight twice per forward, which only a replayed scope recomputes
+    # (a CheckpointError before). ``None`` leaves the mode to BayesianModule's switch.
     def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
-        model = trained_like(bnn.bayesian_lora(lora(llama)))
+        model = trained_like(bnn.bayesian_lora(lora(llama), posterior))
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+            options = None if use_reentrant is None else {"use_reentrant": use_reentrant}
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
             assert model.is_gradient_checkpointing
         torch.manual_seed(7)
         inputs = ids()

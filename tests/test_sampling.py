@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointError, checkpoint, noop_context_fn
 
 from torchbayesian import _sampling, bnn
 
@@ -105,6 +107,41 @@ def test_checkpointing_recomputes_the_same_sample_and_noise(device, posterior, u
     torch.testing.assert_close(loss, expected_loss)
     for value, reference in zip(got, expected):
         torch.testing.assert_close(value, reference)
+
+
+class _ReadsBeforeAndTwiceInside(nn.Module):
+    """Reads its layer before a checkpointed region and twice inside it."""
+
+    def __init__(self, context_fn: Callable[[], tuple[Any, Any]] | None) -> None:
+        super().__init__()
+        self.layer = nn.Linear(8, 8)
+        self.context_fn = context_fn
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(torch.tanh(self.layer(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.layer(x)
+        if self.context_fn is None:
+            return (first + self.body(first)).sum()
+        return (first + checkpoint(self.body, first, use_reentrant=False, context_fn=self.context_fn)).sum()
+
+
+@pytest.mark.parametrize("posterior", POSTERIORS, ids=lambda p: p.__name__)
+def test_replay_samples_recomputes_a_region_in_the_scope_it_ran_in(posterior) -> None:
+    torch.manual_seed(0)
+    net = _ReadsBeforeAndTwiceInside(None)
+    model = bnn.BayesianModule(net, posterior, bnn.GaussianPrior(0.5, 0.3), sigma_init=0.3)
+    x = torch.randn(4, 8)
+    expected_loss, expected = _gradients(model, x)
+    net.context_fn = bnn.replay_samples
+    loss, got = _gradients(model, x)
+    torch.testing.assert_close(loss, expected_loss)
+    for value, reference in zip(got, expected):
+        torch.testing.assert_close(value, reference)
+    with pytest.raises(CheckpointError):  # outside the scope, the recomputation draws the cached reads anew
+        net.context_fn = noop_context_fn
+        _gradients(model, x)
 
 
 @pytest.mark.parametrize("use_reentrant", [False, True])

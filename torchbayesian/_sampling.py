@@ -5,14 +5,14 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KLRecord", "Record", "Scope", "fresh_samples", "reuse_samples"]
+__all__ = ["KLRecord", "Record", "Scope", "fresh_samples", "replay_samples", "reuse_samples"]
 
 
 @dataclass(eq=False)
@@ -103,6 +103,10 @@ class Scope:
             found = self.records[key] = Record(posterior)
         return found
 
+    def snapshot(self) -> Scope:
+        """Return a copy of the scope as it stands: later draws in either do not show in the other."""
+        return Scope({key: replace(record) for key, record in self.records.items()})
+
     def kl_records(self) -> dict[int, KLRecord]:
         """The KL divergences recorded in this scope, by posterior id (those computed with gradient first)."""
         found: dict[int, KLRecord] = {}
@@ -171,8 +175,52 @@ def fresh_samples() -> Iterator[None]:
         yield
 
 
+def replay_samples() -> tuple[AbstractContextManager[None], AbstractContextManager[None]]:
+    """Recompute a checkpointed region in the sampling scope it first ran in: a ``context_fn`` for checkpointing.
+
+    Pass it as ``context_fn`` to ``torch.utils.checkpoint.checkpoint`` (``use_reentrant=False``).
+    The recomputation then sees the samples drawn before the region, as they stood when it began,
+    and draws again, from the generator state that checkpointing restores, those the region drew:
+    the same samples and noise, and the same saved tensors, as the forward pass. Without it the
+    recomputation runs outside any scope (the forward's scope has closed by the backward pass),
+    which gives the same result only when the region reads each Bayesian tensor once and draws
+    every sample it reads itself. `BayesianModule` passes it to Hugging Face's
+    ``gradient_checkpointing_enable`` and ``activation_checkpointing_enable``.
+
+    Returns:
+        tuple[AbstractContextManager, AbstractContextManager]: The context of the forward pass,
+        which notes the open scope, and that of the recomputation, which reopens it as noted.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.checkpoint import checkpoint
+        >>> from torchbayesian import bnn
+        >>> layer = torch.nn.Linear(3, 3)
+        >>> _ = bnn.register_posterior(layer, "weight")
+        >>> x = torch.randn(2, 3)
+        >>> with bnn.reuse_samples():  # the region reads a sample drawn before it
+        ...     y = layer(x) + checkpoint(layer, x, use_reentrant=False, context_fn=bnn.replay_samples)
+        >>> y.sum().backward()
+    """
+    entry: list[Scope | None] = []
+
+    @contextmanager
+    def forward() -> Iterator[None]:
+        scope = active()
+        entry[:] = [None if scope is None else scope.snapshot()]
+        yield
+
+    @contextmanager
+    def recompute() -> Iterator[None]:
+        noted = entry[0] if entry else None
+        with _opened(None if noted is None else noted.snapshot()):
+            yield
+
+    return forward(), recompute()
+
+
 @contextmanager
-def _opened(scope: Scope) -> Iterator[None]:
+def _opened(scope: Scope | None) -> Iterator[None]:
     if torch.compiler.is_compiling():
         outer = getattr(_traced, "scope", None)
         _traced.scope = scope

@@ -7,7 +7,7 @@ lightning; they are imported on first access and left out of ``__all__`` so that
 
 from typing import Any
 
-from torchbayesian._sampling import reuse_samples
+from torchbayesian._sampling import replay_samples, reuse_samples
 from torchbayesian.calibration import (
     ReliabilityCurve,
     brier_score,
@@ -150,6 +150,7 @@ __all__ = [
     "reliability_curve",
     "reliability_diagram",
     "remove_posterior",
+    "replay_samples",
     "reuse_samples",
     "seed_per_rank",
     "to_bayesian",

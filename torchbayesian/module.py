@@ -73,6 +73,11 @@ class BayesianModule(BayesianMixin, nn.Module):
     log-density and ELBO methods (`kl_divergence`, `log_prior`, `log_variational_posterior`,
     `sample_elbo`) come from `BayesianMixin`.
 
+    Hugging Face and PEFT methods of the wrapped model are available on the wrapper:
+    ``merge_and_unload`` merges the posterior means, and ``gradient_checkpointing_enable`` and
+    ``activation_checkpointing_enable`` checkpoint non-re-entrantly with
+    ``context_fn=replay_samples`` (see `replay_samples`) unless given ``use_reentrant=True``.
+
     Args:
         module (nn.Module): The model to convert.
         posterior (type[VariationalPosterior]): Posterior class built for each parameter.
@@ -187,6 +192,8 @@ class BayesianModule(BayesianMixin, nn.Module):
         value = getattr(self._modules["module"], name)
         if name in generation.MERGING:
             return _at_mean(self, value)
+        if name in _CHECKPOINTING_SWITCHES:
+            return _replaying_samples(value, _CHECKPOINTING_SWITCHES[name])
         return value
 
     def __getstate__(self) -> dict[str, Any]:
@@ -229,6 +236,33 @@ def _at_mean(model: nn.Module, method: Any) -> Any:
             return method(*args, **kwargs)
 
     return at_mean
+
+
+_CHECKPOINTING_SWITCHES = {
+    "activation_checkpointing_enable": "activation_checkpointing_kwargs",
+    "gradient_checkpointing_enable": "gradient_checkpointing_kwargs",
+}
+
+
+def _replaying_samples(enable: Any, keyword: str) -> Any:
+    """Hugging Face's checkpointing switch ``enable``, checkpointing with `_sampling.replay_samples`.
+
+    Unless the caller asks for re-entrant checkpointing (``use_reentrant=True``), the checkpoint
+    runs non-re-entrant with ``context_fn=replay_samples``, so that its recomputation replays the
+    forward's sampling scope; a ``context_fn`` of the caller's own is kept.
+    """
+
+    def enable_replaying(*args: Any, **kwargs: Any) -> Any:
+        if keyword in kwargs:
+            options = kwargs.pop(keyword)
+        else:
+            options, args = (args[0], args[1:]) if args else (None, args)
+        options = dict(options or {})
+        if not options.setdefault("use_reentrant", False):
+            options.setdefault("context_fn", _sampling.replay_samples)
+        return enable(options, *args, **kwargs)
+
+    return enable_replaying
 
 
 def convert_(
