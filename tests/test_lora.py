@@ -1,4 +1,4 @@
-"""Bayesian LoRA on PEFT models: conversion, KL, saving, merging, generation, checkpointing, Trainer."""
+"""Bayesian LoRA on PEFT models (decoders, T5, Whisper): conversion, KL, saving, merging, generation, checkpointing, Trainer."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ from transformers import (
     PrinterCallback,
     Qwen2Config,
     Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
     TrainingArguments,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
 )
 
 from torchbayesian import bnn
@@ -49,7 +53,22 @@ def gpt2() -> nn.Module:
     return GPT2LMHeadModel(config)
 
 
-TARGETS = {llama: ["q_proj", "v_proj"], qwen2: ["q_proj", "v_proj"], gpt2: ["c_attn"]}
+def t5() -> nn.Module:
+    config = T5Config(vocab_size=VOCAB, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1,
+                      num_heads=2, dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return T5ForConditionalGeneration(config)
+
+
+def whisper() -> nn.Module:
+    config = WhisperConfig(vocab_size=VOCAB, num_mel_bins=8, d_model=16, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                           decoder_ffn_dim=32, max_source_positions=8, max_target_positions=16, pad_token_id=0,
+                           eos_token_id=1, bos_token_id=2, decoder_start_token_id=2)
+    return WhisperForConditionalGeneration(config)
+
+
+TARGETS = {llama: ["q_proj", "v_proj"], qwen2: ["q_proj", "v_proj"], gpt2: ["c_attn"], t5: ["q", "v"],
+           whisper: ["q_proj", "v_proj"]}
 BUILDERS = pytest.mark.parametrize("build", [llama, qwen2, gpt2], ids=["llama", "qwen2", "gpt2"])
 
 
@@ -132,6 +151,65 @@ def test_training_step_changes_only_the_adapters(build) -> None:
                                                             "lora_A.default.weight_rho", "lora_B.default.weight_rho"))}
     assert changed == variational
     assert all(".lora_" in name for name, p in model.named_parameters() if p.requires_grad)
+
+
+def seq2seq_batch(build) -> dict[str, torch.Tensor]:
+    """Inputs and labels of a tiny encoder-decoder: token ids for T5, log-mel features for Whisper."""
+    labels = ids(length=4)
+    if build is whisper:
+        features = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(2))  # [batch, mels, 2 * positions]
+        return {"input_features": features, "labels": labels}
+    return {"input_ids": ids(), "labels": labels}
+
+
+SEQ2SEQ = pytest.mark.parametrize("build", [t5, whisper], ids=["t5", "whisper"])
+
+
+@SEQ2SEQ
+def test_encoder_decoder_training_step_changes_only_the_adapter_posteriors(build) -> None:
+    model = bnn.bayesian_lora(lora(build), targets="AB")
+    names = [name for name, _ in model.posteriors()]
+    assert names and all(".lora_A." in name or ".lora_B." in name for name in names)
+    assert any(".encoder." in name for name in names) and any(".decoder." in name for name in names)
+    before = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    (model(**seq2seq_batch(build)).loss + model.kl_divergence() / 100).backward()
+    optimizer.step()
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    variational = {name for name in after if name.endswith(("lora_A.default.weight", "lora_B.default.weight",
+                                                            "lora_A.default.weight_rho", "lora_B.default.weight_rho"))}
+    assert changed == variational and len(variational) == 4 * len(names) // 2
+
+
+@SEQ2SEQ
+def test_encoder_decoder_outputs_are_deterministic_when_frozen(build) -> None:
+    model = trained_like(bnn.bayesian_lora(lora(build))).train()
+    batch = seq2seq_batch(build)
+    with torch.no_grad():
+        with bnn.frozen(model):
+            first, second = model(**batch).logits, model(**batch).logits
+        sampled = model(**batch).logits
+    assert first.shape == (2, 4, VOCAB)
+    assert torch.equal(first, second)
+    assert not torch.allclose(sampled, first)
+
+
+@SEQ2SEQ
+@pytest.mark.parametrize("posterior", [bnn.FlipoutPosterior, bnn.GaussianPosterior], ids=lambda p: p.__name__)
+def test_encoder_decoder_gradient_checkpointing_gives_the_same_gradients(build, posterior) -> None:
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = trained_like(bnn.bayesian_lora(lora(build), posterior)).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()  # BayesianModule's default: non-reentrant, replaying the scope
+        torch.manual_seed(7)
+        (model(**seq2seq_batch(build)).loss + model.kl_divergence() / 10).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys() and any(".encoder." in name for name in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
 
 
 @BUILDERS
