@@ -28,6 +28,7 @@ class Recipe:
     fan_in_prior: bool = False
     warmup: float = 0.0
     empirical_bayes: bool = False
+    noise: tuple[str, ...] = ("heteroscedastic",)
 
 
 def warmup_steps(recipe: Recipe, total_steps: int) -> int:

@@ -44,7 +44,6 @@ class Candidate:
     name: str
     heteroscedastic: bool = True
     dropout: float = 0.0
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 class StackedMLP(nn.Module):
@@ -89,10 +88,10 @@ def _uniform(*shape: int, fan_in: int) -> Tensor:
     return torch.empty(shape).uniform_(-bound, bound)
 
 
-def candidates(method: str) -> list[Candidate]:
+def candidates(method: str, recipe: _recipe.Recipe) -> list[Candidate]:
     """The settings each method chooses from on validation data."""
     if method == "torchbayesian":
-        return [Candidate("heteroscedastic")]
+        return [Candidate(noise, heteroscedastic=noise == "heteroscedastic") for noise in recipe.noise]
     if method == "mc_dropout":
         return [Candidate(f"p={p}", dropout=p) for p in (0.01, 0.05, 0.1)]
     if method == "deterministic":
@@ -102,7 +101,7 @@ def candidates(method: str) -> list[Candidate]:
 
 def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSettings) -> list[dict[str, Any]]:
     """Select each split's setting and epoch on validation data, retrain on the training split, test once."""
-    options = candidates(method)
+    options = candidates(method, settings.recipe)
     generator = torch.Generator().manual_seed(settings.seed)
     fit_parts, validation_parts = [], []
     for split in splits:

@@ -96,6 +96,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=_recipe.Recipe.warmup, help="recipe: fraction of steps of KL warm-up")
     parser.add_argument("--empirical-bayes", action="store_true",
                         help="recipe: refit each prior scale to its posterior every epoch (bnn.fit_prior_scale_)")
+    parser.add_argument("--noise", nargs="+", default=list(_recipe.Recipe.noise),
+                        choices=("heteroscedastic", "homoscedastic"),
+                        help="recipe: noise models, chosen per split on validation when several are given")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the validation shuffles, the initialisation and the weight samples")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -112,7 +115,7 @@ def main() -> None:
                                       validation=args.validation, test_samples=args.test_samples, lr=args.lr,
                                       hidden=args.hidden, seed=args.seed,
                                       recipe=_recipe.Recipe(args.sigma_init, args.prior_scale, args.fan_in_prior, args.warmup,
-                                                            args.empirical_bayes))
+                                                            args.empirical_bayes, tuple(args.noise)))
     print(f"recipe: {settings.recipe}")
     print(f"dataset={args.dataset} splits={len(splits)} train={n_train} test={len(splits[0]['y_test'])} "
           f"features={splits[0]['x_train'].shape[1]} epochs<={epochs} eval_every={eval_every} "

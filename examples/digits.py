@@ -69,11 +69,11 @@ def make_model(name: str, *, dropout: float, sigma_init: float) -> nn.Module:
 
 
 def train(model: nn.Module, data: dict[str, Tensor], *, name: str, epochs: int, seed: int, warmup: float,
-          empirical_bayes: bool) -> None:
-    """Train with Adam on mini-batches; the Bayesian loss is mean NLL + KL / len(train_set) after a warm-up."""
+          empirical_bayes: bool, temperature: float = 1.0) -> None:
+    """Train with Adam on mini-batches; the Bayesian loss is mean NLL + temperature * KL / len(train_set)."""
     x, y = data["x_train"], data["y_train"]
     criterion = nn.CrossEntropyLoss()
-    full_weight = bnn.kl_weight(len(x))
+    full_weight = temperature * bnn.kl_weight(len(x))
     elbo = bnn.ELBOLoss(criterion, kl_weight=full_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
@@ -115,6 +115,29 @@ def log_predictive_draws(model: nn.Module, x: Tensor, *, name: str, samples: int
     else:
         logits = model(x).unsqueeze(0)
     return logits.log_softmax(-1)
+
+
+def choose_temperature(data: dict[str, Tensor], *, temperatures: list[float], epochs: int, seed: int,
+                       sigma_init: float, warmup: float, samples: int) -> float:
+    """Return the KL temperature with the best validation NLL, the validation set being 20% of the training set.
+
+    Each candidate is trained on the other 80% exactly as the final network will be; the test and
+    OOD inputs are never seen.
+    """
+    if len(temperatures) == 1:
+        return temperatures[0]
+    x_fit, x_val, y_fit, y_val = train_test_split(data["x_train"], data["y_train"], test_size=0.2,
+                                                  random_state=seed, stratify=data["y_train"])
+    fit = {"x_train": x_fit, "y_train": y_fit}
+    scores = {}
+    for temperature in temperatures:
+        torch.manual_seed(seed)
+        model = make_model("bayesian", dropout=0.0, sigma_init=sigma_init)
+        train(model, fit, name="bayesian", epochs=epochs, seed=seed, warmup=warmup, empirical_bayes=False,
+              temperature=temperature)
+        probs = log_predictive_draws(model, x_val, name="bayesian", samples=samples).exp().mean(0)
+        scores[temperature] = bnn.negative_log_likelihood(probs, y_val).item()
+    return min(scores, key=scores.__getitem__)
 
 
 def evaluate(model: nn.Module, data: dict[str, Tensor], *, name: str, samples: int) -> dict[str, Tensor | float]:
@@ -190,6 +213,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.0, help="fraction of training over which the KL weight rises to 1")
     parser.add_argument("--empirical-bayes", action="store_true",
                         help="refit each prior scale to its posterior every epoch (bnn.fit_prior_scale_; not in the recipe)")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.1, 0.01],
+                        help="KL temperatures (KL weight = T / N) among which validation NLL chooses, per seed")
     parser.add_argument("--sigma-init", type=float, default=1e-3, help="initial posterior scale of the Bayesian network")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (a few seconds)")
@@ -204,14 +229,20 @@ def main() -> None:
 
     metrics: dict[str, dict[str, list[float]]] = {name: {m: [] for m in METRICS} for name in args.models}
     paths: list[Path] = []
+    chosen: list[float] = []
     for seed in range(seeds):
         data = load_data(seed)
         results = {}
         for name in args.models:
+            temperature = 1.0
+            if name == "bayesian":
+                temperature = choose_temperature(data, temperatures=args.temperatures, epochs=epochs, seed=seed,
+                                                 sigma_init=args.sigma_init, warmup=args.warmup, samples=samples)
+                chosen.append(temperature)
             torch.manual_seed(seed)
             model = make_model(name, dropout=args.dropout, sigma_init=args.sigma_init)
             train(model, data, name=name, epochs=epochs, seed=seed, warmup=args.warmup,
-                  empirical_bayes=args.empirical_bayes)
+                  empirical_bayes=args.empirical_bayes, temperature=temperature)
             results[name] = evaluate(model, data, name=name, samples=samples)
             for metric in METRICS:
                 metrics[name][metric].append(results[name][metric])
@@ -220,6 +251,8 @@ def main() -> None:
 
     print(f"train={len(data['x_train'])} test={len(data['x_test'])} ood={len(data['x_ood'])} "
           f"epochs={epochs} samples={samples} seeds={seeds}")
+    if chosen:
+        print("bayesian KL temperature chosen on validation, per seed: " + " ".join(f"{t:g}" for t in chosen))
     means = {}
     for name in args.models:
         means[name] = {m: summarise(v)[0] for m, v in metrics[name].items()}

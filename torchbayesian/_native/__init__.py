@@ -4,10 +4,9 @@ The kernels replace chains of element-wise torch operations on float32 CPU tenso
 sample, the softplus, the closed-form KL and their gradients) with one pass each, and draw their
 standard normals from a vectorised counter-based generator keyed by a seed taken from torch's
 generator. Callers never use them directly: they are the CPU implementations of the operators in
-`torchbayesian._native.ops`, which run torch operations on every other device and dtype. The kernels
-are opt-in (``TORCHBAYESIAN_NATIVE=1`` in the environment) while a memory-safety failure seen in a
-full test run with them on is investigated; otherwise, or when the package was installed without a
-C compiler, the operators run their torch implementation everywhere and one log line says so.
+`torchbayesian._native.ops`, which run torch operations on every other device and dtype. With
+``TORCHBAYESIAN_NATIVE=0`` in the environment, or when the package was installed without a C
+compiler, the operators run their torch implementation everywhere and one log line says so.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ _logger = logging.getLogger("torchbayesian")
 
 
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    if os.environ.get("TORCHBAYESIAN_NATIVE", "0") != "1":
-        return None, "opt-in: set TORCHBAYESIAN_NATIVE=1 to use them (experimental: a full test run crashed with them on)"
+    if os.environ.get("TORCHBAYESIAN_NATIVE", "1") == "0":
+        return None, "TORCHBAYESIAN_NATIVE=0 in the environment"
     spec = importlib.util.find_spec("torchbayesian._native._kernels")
     if spec is None or spec.origin is None:
         return None, "the package was installed without them (no C compiler at install time)"
