@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.process_group import run_workers
 from torchbayesian import bnn
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
@@ -25,7 +21,6 @@ WORLD = 2
 N = 100  # training-set size used in the loss nll_mean + kl / N
 STEPS = 3
 TIMEOUT_S = 180
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(seed: int) -> bnn.BayesianModule:
@@ -142,43 +137,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def _launch(out: Path) -> list[dict[str, Any]]:
-    # Fresh interpreters (not fork): forking a process that already ran torch code can deadlock.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ)
-    if "GLOO_SOCKET_IFNAME" not in env and any(name == "lo" for _, name in socket.if_nameindex()):
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    code = (
-        "import importlib.util, sys\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        f"spec = importlib.util.spec_from_file_location('_distributed_worker', {__file__!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
-        "module._worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])\n"
-    )
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(rank), str(port), str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )
-        for rank in range(WORLD)
-    ]
-    deadline = time.monotonic() + TIMEOUT_S
-    logs = []
-    try:
-        for process in processes:
-            logs.append(process.communicate(timeout=max(deadline - time.monotonic(), 1.0))[0])
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the distributed workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for rank, (process, log) in enumerate(zip(processes, logs, strict=True)):
-        assert process.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
-    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
+    return run_workers(__file__, out, world=WORLD, timeout_s=TIMEOUT_S)
 
 
 def _single_process_grads(model: nn.Module | None = None) -> dict[str, torch.Tensor]:

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,13 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.process_group import run_workers
 from torchbayesian import bnn
 
 L = pytest.importorskip("lightning")
 
 from torchbayesian.integrations.lightning import _auroc
 
-ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 N = 16  # training examples; each DDP rank sees a batch of 4 per step
 TIMEOUT_S = 240
@@ -184,40 +180,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("lightning_ddp")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if "GLOO_SOCKET_IFNAME" not in env and any(name == "lo" for _, name in socket.if_nameindex()):
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    code = (
-        "import importlib.util, sys\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        f"spec = importlib.util.spec_from_file_location('_lightning_worker', {__file__!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
-        "module._worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])\n"
-    )
-    processes = [
-        subprocess.Popen([sys.executable, "-c", code, str(rank), str(port), str(out)], cwd=out,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for rank in range(WORLD)
-    ]
-    deadline = time.monotonic() + TIMEOUT_S
-    logs = []
-    try:
-        for process in processes:
-            logs.append(process.communicate(timeout=max(deadline - time.monotonic(), 1.0))[0])
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the Lightning DDP workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for rank, (process, log) in enumerate(zip(processes, logs, strict=True)):
-        assert process.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
-    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return run_workers(__file__, out, world=WORLD, timeout_s=TIMEOUT_S, weights_only=False)
 
 
 def test_ddp_gradient_equals_single_process_on_combined_batch(ddp_results: list[dict[str, Any]]) -> None:
