@@ -158,8 +158,22 @@ def test_falls_back_to_a_loop_and_remembers_it():
     assert out.shape == (64, 4, 2)
     assert (out.sum(dim=(1, 2)) >= 0).all()  # the model's own branch ran for each draw
     assert out.std(0).min() > 0
-    assert predict_module._loop_only[model] == {True}
     assert bnn.predict(model, x, num_samples=2, vectorize=False).shape == (2, 4, 2)
+
+
+def test_a_bayesian_module_remembers_that_vmap_failed_and_loops_at_once(monkeypatch):
+    model = bnn.BayesianModule(_DataDependent(), sigma_init=0.5)
+    x = torch.randn(4, 3)
+    bnn.predict(model, x, num_samples=3)  # vmap fails here, once
+
+    def no_more_vmap(*args, **kwargs):
+        raise AssertionError("predict tried vmap again")
+
+    monkeypatch.setattr(predict_module, "_vectorized", no_more_vmap)
+    assert bnn.predict(model, x, num_samples=3).shape == (3, 4, 2)
+    model.eval()  # another mode: vmap is tried again there
+    with pytest.raises(ValueError, match="cannot be vectorised"):
+        bnn.predict(model, x, num_samples=3, vectorize=True)
 
 
 def test_batchnorm_in_training_mode_falls_back_and_updates_statistics():

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from torchbayesian.module import BayesianModule
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.registration import remove_posterior, sites
 
@@ -143,8 +144,6 @@ def to_deterministic(model: nn.Module) -> nn.Module:
 
 
 def _inner(model: nn.Module, caller: str) -> nn.Module:
-    from torchbayesian.module import BayesianModule
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"{caller} expects an nn.Module, got {type(model).__name__}.")
     return model.module if isinstance(model, BayesianModule) else model

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,13 +12,12 @@ import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from torchbayesian import _sampling
+from torchbayesian.module import BayesianModule
 from torchbayesian.registration import posteriors
 
 __all__ = ["predict"]
 
 _logger = logging.getLogger(__name__)
-_loop_only: weakref.WeakKeyDictionary[nn.Module, set[bool]] = weakref.WeakKeyDictionary()
-_vmap_works: weakref.WeakKeyDictionary[nn.Module, set[bool]] = weakref.WeakKeyDictionary()
 
 
 def predict(
@@ -42,8 +40,9 @@ def predict(
     ``num_samples`` Python-level forwards for small and medium models. Models vmap cannot trace
     (in-place updates of buffers such as BatchNorm running statistics in training mode,
     data-dependent control flow, some custom ops) fall back to a loop of forwards: buffers changed
-    by the failed attempt are restored first, and the failure is remembered for that model and
-    mode (training or evaluation) and logged at DEBUG level. Both paths give identically
+    by the failed attempt are restored first, and the failure is logged at DEBUG level. A
+    `BayesianModule` remembers, per mode (training or evaluation), whether vmap worked, so later
+    calls go straight to the path that works; other modules try vmap at every call. Both paths give identically
     distributed outputs. Frozen posteriors (`torchbayesian.bnn.frozen`) return their mean in
     every draw. Gradients flow as usual; wrap the call in ``torch.no_grad()`` for inference. The
     posteriors' `last_sample` is left as it was before the call.
@@ -90,14 +89,15 @@ def predict(
         _check_count(chunk_size, "chunk_size")
     if "use_cache" not in kwargs and getattr(getattr(model, "config", None), "use_cache", None) is not None:
         kwargs["use_cache"] = False
+    vmap_works = _vmap_memo(model)
     if vectorize is None:
-        vectorize = model.training not in _loop_only.get(model, ())
+        vectorize = vmap_works.get(model.training, True)
         strict = False
     else:
         strict = vectorize
     with _keep_last_samples(model):
         if vectorize:
-            known = model.training in _vmap_works.get(model, ())
+            known = vmap_works.get(model.training, False)
             buffers = {} if known else {name: b.clone() for name, b in model.named_buffers()}
             try:
                 output = _vectorized(model, args, kwargs, num_samples, chunk_size)
@@ -108,12 +108,19 @@ def predict(
                         f"predict: {type(model).__name__} cannot be vectorised with torch.func.vmap "
                         f"({type(error).__name__}: {error}); pass vectorize=None or False to loop instead."
                     ) from error
-                _loop_only.setdefault(model, set()).add(model.training)
+                vmap_works[model.training] = False
                 _logger.debug("predict: vmap failed for %s, using a loop: %r", type(model).__name__, error)
             else:
-                _vmap_works.setdefault(model, set()).add(model.training)
+                vmap_works[model.training] = True
                 return output
         return _looped(model, args, kwargs, num_samples)
+
+
+def _vmap_memo(model: nn.Module) -> dict[bool, bool]:
+    """Whether vmap worked, by training mode: kept on a `BayesianModule`, fresh (empty) for other modules."""
+    if isinstance(model, BayesianModule):
+        return model.__dict__.setdefault("_vmap_works_by_mode", {})
+    return {}
 
 
 def _vectorized(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], num_samples: int,
