@@ -8,7 +8,7 @@ together gives the same networks as training each alone, for one step's Python o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ class TrainSettings:
     test_samples: int
     hidden: int
     seed: int
-    lr: float = 1e-3
+    lrs: tuple[float, ...] = (1e-3,)
     recipe: _recipe.Recipe = field(default_factory=_recipe.Recipe)
     validation_samples: int = 32
 
@@ -44,6 +44,7 @@ class Candidate:
     name: str
     heteroscedastic: bool = True
     dropout: float = 0.0
+    lr: float = 1e-3
 
 
 class StackedMLP(nn.Module):
@@ -88,20 +89,24 @@ def _uniform(*shape: int, fan_in: int) -> Tensor:
     return torch.empty(shape).uniform_(-bound, bound)
 
 
-def candidates(method: str, recipe: _recipe.Recipe) -> list[Candidate]:
-    """The settings each method chooses from on validation data."""
+def candidates(method: str, recipe: _recipe.Recipe, lrs: tuple[float, ...] = (1e-3,)) -> list[Candidate]:
+    """The settings each method chooses from on validation data: its own options, each with every learning rate."""
     if method == "torchbayesian":
-        return [Candidate(noise, heteroscedastic=noise == "heteroscedastic") for noise in recipe.noise]
-    if method == "mc_dropout":
-        return [Candidate(f"p={p}", dropout=p) for p in (0.01, 0.05, 0.1)]
-    if method == "deterministic":
-        return [Candidate("deterministic")]
-    raise ValueError(f"unknown method {method!r}")
+        options = [Candidate(noise, heteroscedastic=noise == "heteroscedastic") for noise in recipe.noise]
+    elif method == "mc_dropout":
+        options = [Candidate(f"p={p}", dropout=p) for p in (0.01, 0.05, 0.1)]
+    elif method == "deterministic":
+        options = [Candidate("deterministic")]
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    if len(lrs) == 1:
+        return [replace(option, lr=lrs[0]) for option in options]
+    return [replace(option, name=f"{option.name}, lr={lr:g}", lr=lr) for option in options for lr in lrs]
 
 
 def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSettings) -> list[dict[str, Any]]:
     """Select each split's setting and epoch on validation data, retrain on the training split, test once."""
-    options = candidates(method, settings.recipe)
+    options = candidates(method, settings.recipe, settings.lrs)
     generator = torch.Generator().manual_seed(settings.seed)
     fit_parts, validation_parts = [], []
     for split in splits:
@@ -112,8 +117,8 @@ def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSett
         validation_parts.append(_part(split, order[n - n_val:]))
     # Phase 1: every (candidate, split) network trained on the fit part, scored on validation.
     chosen = [(c, s) for c in range(len(options)) for s in range(len(splits))]
-    history = _train(method, [options[c] for c, _ in chosen], [fit_parts[s] for _, s in chosen],
-                     [validation_parts[s] for _, s in chosen], settings, stop=None)
+    history = _train_by_lr(method, [options[c] for c, _ in chosen], [fit_parts[s] for _, s in chosen],
+                           [validation_parts[s] for _, s in chosen], settings, stop=None)
     epochs_seen = history.shape[0]
     per_candidate = history.reshape(epochs_seen, len(options), len(splits))
     flat = per_candidate.permute(2, 1, 0).reshape(len(splits), -1)  # [split, candidate * checks]
@@ -124,9 +129,29 @@ def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSett
     train_parts = [_part(split, torch.arange(len(split["y_train"]))) for split in splits]
     test_parts = [{"x": split["x_test"], "y": split["y_test"]} for split in splits]
     picked = [options[int(c)] for c in best_candidate]
-    scores = _train(method, picked, train_parts, test_parts, settings, stop=stop)
+    scores = _train_by_lr(method, picked, train_parts, test_parts, settings, stop=stop)
     return [{"rmse": float(row[0]), "ll": float(row[1]), "ll_by_samples": row[2:], "epochs": epochs, "chosen": option.name}
             for row, option, epochs in zip(scores.tolist(), picked, stop)]
+
+
+def _train_by_lr(method: str, options: list[Candidate], train: list[dict[str, Tensor]],
+                 evaluate: list[dict[str, Tensor]], settings: TrainSettings, *, stop: list[int] | None) -> Tensor:
+    """`_train`, with one stacked model (and one Adam) per learning rate; results in the order of ``options``."""
+    lrs = sorted({option.lr for option in options})
+    if len(lrs) == 1:
+        return _train(method, options, train, evaluate, settings, stop=stop)
+    result: Tensor | None = None
+    for lr in lrs:
+        index = [i for i, option in enumerate(options) if option.lr == lr]
+        part = _train(method, [options[i] for i in index], [train[i] for i in index], [evaluate[i] for i in index],
+                      settings, stop=None if stop is None else [stop[i] for i in index])
+        network_dim = 1 if stop is None else 0
+        if result is None:
+            shape = list(part.shape)
+            shape[network_dim] = len(options)
+            result = part.new_empty(shape)
+        result.index_copy_(network_dim, torch.tensor(index), part)
+    return result
 
 
 def _part(split: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
@@ -168,7 +193,7 @@ def _train(method: str, options: list[Candidate], train: list[dict[str, Tensor]]
                      dropout=torch.tensor([o.dropout for o in options]))
     bayesian = method == "torchbayesian"
     model = _recipe.make_bayesian(net, settings.recipe) if bayesian else net
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options[0].lr)
     n_ref = int(counts.max())
     data_weight = (counts / n_ref).float()
     steps = math.ceil(n_ref / settings.batch_size)

@@ -4,14 +4,17 @@ The standard protocol of Hernandez-Lobato & Adams (2015) on any data set in the 
 MC dropout experiments' ``UCI_Datasets`` folder (``data.txt``, ``index_features.txt``,
 ``index_target.txt``, ``index_train_K.txt``, ``index_test_K.txt``): one hidden layer of 50 ReLU
 units (``--hidden 100`` for protein), inputs and targets standardised with each training split's
-statistics, Adam, mini-batches of 32, a heteroscedastic (mean, log-variance) output. Reported in
+statistics, Adam, mini-batches of 32, a (mean, log-variance) output. Reported in
 the original units: the test RMSE of the predictive mean and the average test log-likelihood of the
 predictive mixture ``log (1/S) sum_s N(y; mu_s, sigma_s^2)``, mean ± standard error over splits.
 
 Every method gets the same per-split model selection: the last ``--validation`` fraction of each
-training split (after a seeded shuffle) is held out, each candidate setting is trained on the rest
-and scored by validation log-likelihood every ``--eval-every`` epochs; the best (setting, epoch)
-is then retrained on the whole training split, which is the only model that sees the test part.
+training split (after a seeded shuffle) is held out, each candidate setting (the method's own
+options, each with every learning rate of ``--lr``) is trained on the rest and scored by
+validation log-likelihood every ``--eval-every`` epochs; the best (setting, epoch) is then
+retrained on the whole training split, which is the only model that sees the test part. The
+method's own options: for the recipe, a predicted log-variance or one learned noise level; for MC
+dropout, the dropout rate.
 
 For speed on CPU, the networks of all splits and settings are trained together as one stacked
 model (`benchmarks/_stacked.py`): its tensors carry a leading "network" dimension and every network
@@ -88,7 +91,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None, help="epochs between validation checks (default epochs / 40)")
     parser.add_argument("--validation", type=float, default=0.2, help="fraction of each training split for model selection")
     parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size of every method")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every method")
+    parser.add_argument("--lr", type=float, nargs="+", default=[1e-3, 3e-3],
+                        help="Adam learning rates, chosen per split on validation for every method")
     parser.add_argument("--test-samples", type=int, default=1000, help="Monte Carlo samples for the test predictive")
     parser.add_argument("--sigma-init", type=float, default=_recipe.Recipe.sigma_init, help="recipe: initial posterior std")
     parser.add_argument("--prior-scale", type=float, default=_recipe.Recipe.prior_scale, help="recipe: prior std")
@@ -112,7 +116,7 @@ def main() -> None:
     epochs = args.epochs or max(40, min(1000, round(8_000 / steps_per_epoch / 10) * 10))
     eval_every = args.eval_every or max(1, epochs // 40)
     settings = _stacked.TrainSettings(epochs=epochs, eval_every=eval_every, batch_size=args.batch_size,
-                                      validation=args.validation, test_samples=args.test_samples, lr=args.lr,
+                                      validation=args.validation, test_samples=args.test_samples, lrs=tuple(args.lr),
                                       hidden=args.hidden, seed=args.seed,
                                       recipe=_recipe.Recipe(args.sigma_init, args.prior_scale, args.fan_in_prior, args.warmup,
                                                             args.empirical_bayes, tuple(args.noise)))

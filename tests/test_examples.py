@@ -1,5 +1,6 @@
 import ast
 import importlib.util
+import math
 import os
 import re
 import subprocess
@@ -54,6 +55,25 @@ def test_digits_quick_prints_sane_metrics_and_writes_plots(tmp_path):
     assert not unprinted_quotes("digits.py", stdout), "digits.py's docstring quotes output it does not print"
     for name in ("reliability_diagram.png", "uncertainty_histogram.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_digits_chooses_the_kl_temperature_on_validation_data_only(monkeypatch):
+    digits = _import_example("digits.py")
+    data = digits.load_data(0)
+    seen = []
+    real_train = digits.train
+
+    def spy(model, part, **kwargs):
+        seen.append((len(part["x_train"]), kwargs["temperature"]))
+        return real_train(model, part, **kwargs)
+
+    monkeypatch.setattr(digits, "train", spy)
+    chosen = digits.choose_temperature(data, temperatures=[1.0, 0.1], epochs=2, seed=0, sigma_init=1e-3,
+                                       warmup=0.0, samples=4)
+    fit_size = len(data["x_train"]) - math.ceil(0.2 * len(data["x_train"]))  # scikit-learn rounds the test part up
+    assert chosen in (1.0, 0.1) and seen == [(fit_size, 1.0), (fit_size, 0.1)]  # never the whole training set
+    assert digits.choose_temperature(data, temperatures=[0.3], epochs=2, seed=0, sigma_init=1e-3,
+                                     warmup=0.0, samples=4) == 0.3 and len(seen) == 2  # one candidate: no training
 
 
 def _import_example(script: str):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import _stacked, uci
+from benchmarks import _recipe, _stacked, uci
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,3 +91,34 @@ def test_scores_are_the_mixture_log_likelihood_in_original_units():
 def test_summarise_reports_the_standard_error():
     mean, se = uci.summarise([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and se == pytest.approx(torch.tensor([1.0, 2.0, 3.0, 4.0]).std().item() / 2)
+
+
+def test_recipe_chooses_the_noise_model_of_each_split_on_validation(tmp_path):
+    _write_dataset(tmp_path / "toy")
+    splits = uci.load_splits(tmp_path, "toy", 2)
+    recipe = _recipe.Recipe(noise=("heteroscedastic", "homoscedastic"))
+    options = _stacked.candidates("torchbayesian", recipe)
+    assert [(o.name, o.heteroscedastic) for o in options] == [("heteroscedastic", True), ("homoscedastic", False)]
+    net = _stacked.StackedMLP(2, 3, 4, heteroscedastic=torch.tensor([True, False]), dropout=torch.zeros(2))
+    _, log_var = net(torch.randn(2, 5, 3))
+    assert log_var[1].unique().numel() == 1 and log_var[0].unique().numel() == 5  # one noise level vs per input
+    settings = _stacked.TrainSettings(epochs=4, eval_every=2, batch_size=16, validation=0.2, test_samples=4,
+                                      hidden=4, seed=0, recipe=recipe)
+    results = _stacked.run_method("torchbayesian", splits, settings)
+    assert len(results) == 2 and all(r["chosen"] in ("heteroscedastic", "homoscedastic") for r in results)
+
+
+def test_every_method_chooses_its_learning_rate_per_split_and_each_rate_trains_its_own_model(tmp_path):
+    _write_dataset(tmp_path / "toy")
+    splits = uci.load_splits(tmp_path, "toy", 2)
+    options = _stacked.candidates("deterministic", _recipe.Recipe(), (1e-3, 1e-2))
+    assert [(o.name, o.lr) for o in options] == [("deterministic, lr=0.001", 1e-3), ("deterministic, lr=0.01", 1e-2)]
+    settings = _stacked.TrainSettings(epochs=4, eval_every=2, batch_size=16, validation=0.2, test_samples=4,
+                                      hidden=4, seed=0, lrs=(1e-3, 1e-2))
+    parts = [{"x": split["x_train"], "y": split["y_train"]} for split in splits]
+    tests = [{"x": split["x_test"], "y": split["y_test"]} for split in splits]
+    together = _stacked._train_by_lr("deterministic", [options[0], options[1]], parts, tests, settings, stop=[4, 2])
+    alone = _stacked._train("deterministic", [options[1]], parts[1:], tests[1:], settings, stop=[2])
+    torch.testing.assert_close(together[1], alone[0])  # the lr=0.01 network, trained in its own model
+    results = _stacked.run_method("deterministic", splits, settings)
+    assert all(r["chosen"] in ("deterministic, lr=0.001", "deterministic, lr=0.01") for r in results)
