@@ -188,8 +188,8 @@ def replay_samples() -> tuple[AbstractContextManager[None], AbstractContextManag
     ``gradient_checkpointing_enable`` and ``activation_checkpointing_enable``.
 
     Returns:
-        tuple[AbstractContextManager, AbstractContextManager]: The context of the forward pass,
-        which notes the open scope, and that of the recomputation, which reopens it as noted.
+        tuple: Two context managers: that of the forward pass, which notes the open scope, and that
+        of the recomputation, which reopens it as noted.
 
     Example:
         >>> import torch
