@@ -175,6 +175,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     (metrics,) = trainer.validate(module, DataLoader(_data(12, seed=5), batch_size=3), verbose=False)
     capture.result["validation"] = metrics
     torch.save(capture.result, Path(out) / f"rank{rank}.pt")
+    # Lightning leaves its process group open; a gloo group still alive at interpreter exit can abort
+    # the worker ("terminate called without an active exception").
+    torch.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
