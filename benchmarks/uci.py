@@ -87,7 +87,7 @@ def main() -> None:
                         help="methods to run, all by default")
     parser.add_argument("--hidden", type=int, default=50, help="hidden units (100 for protein)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="maximum epochs (default: about 8,000 optimiser steps, between 40 and 1,000 epochs)")
+                        help="maximum epochs (default: about 16,000 optimiser steps, between 40 and 2,000 epochs)")
     parser.add_argument("--eval-every", type=int, default=None, help="epochs between validation checks (default epochs / 40)")
     parser.add_argument("--validation", type=float, default=0.2, help="fraction of each training split for model selection")
     parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size of every method")
@@ -113,7 +113,7 @@ def main() -> None:
     splits = load_splits(args.data_dir, args.dataset, args.splits)
     n_train = len(splits[0]["y_train"])
     steps_per_epoch = math.ceil(n_train / args.batch_size)
-    epochs = args.epochs or max(40, min(1000, round(8_000 / steps_per_epoch / 10) * 10))
+    epochs = args.epochs or max(40, min(2000, round(16_000 / steps_per_epoch / 10) * 10))
     eval_every = args.eval_every or max(1, epochs // 40)
     settings = _stacked.TrainSettings(epochs=epochs, eval_every=eval_every, batch_size=args.batch_size,
                                       validation=args.validation, test_samples=args.test_samples, lrs=tuple(args.lr),
