@@ -3,7 +3,8 @@
 The recipe (see the guide "Getting good uncertainty"): every weight and bias gets a mean-field
 `bnn.GaussianPosterior` whose mean starts at the layer's own initialisation and whose standard
 deviation starts small (``sigma_init``); a Gaussian prior ``N(0, prior_scale^2)``; the negative ELBO
-with the mean-reduced Gaussian NLL and KL weight ``1 / N``, after an optional linear KL warm-up;
+with the mean-reduced Gaussian NLL and KL weight ``1 / N`` (``T / N`` with KL temperatures
+``temperatures``, chosen per split when several), after an optional linear KL warm-up;
 optionally (``empirical_bayes``) each prior scale refitted to its posterior every epoch by
 `bnn.fit_prior_scale_`, one scale per tensor and network; the noise model (a predicted
 log-variance, or one learned noise level), the learning rate and the number of epochs chosen on a
@@ -30,6 +31,7 @@ class Recipe:
     warmup: float = 0.0
     empirical_bayes: bool = False
     noise: tuple[str, ...] = ("heteroscedastic", "homoscedastic")
+    temperatures: tuple[float, ...] = (1.0,)
 
 
 def warmup_steps(recipe: Recipe, total_steps: int) -> int:

@@ -45,6 +45,7 @@ class Candidate:
     heteroscedastic: bool = True
     dropout: float = 0.0
     lr: float = 1e-3
+    temperature: float = 1.0
 
 
 class StackedMLP(nn.Module):
@@ -92,7 +93,9 @@ def _uniform(*shape: int, fan_in: int) -> Tensor:
 def candidates(method: str, recipe: _recipe.Recipe, lrs: tuple[float, ...] = (1e-3,)) -> list[Candidate]:
     """The settings each method chooses from on validation data: its own options, each with every learning rate."""
     if method == "torchbayesian":
-        options = [Candidate(noise, heteroscedastic=noise == "heteroscedastic") for noise in recipe.noise]
+        options = [Candidate(noise if len(recipe.temperatures) == 1 else f"{noise}, T={temperature:g}",
+                             heteroscedastic=noise == "heteroscedastic", temperature=temperature)
+                   for noise in recipe.noise for temperature in recipe.temperatures]
     elif method == "mc_dropout":
         options = [Candidate(f"p={p}", dropout=p) for p in (0.01, 0.05, 0.1)]
     elif method == "deterministic":
@@ -117,7 +120,7 @@ def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSett
         validation_parts.append(_part(split, order[n - n_val:]))
     # Phase 1: every (candidate, split) network trained on the fit part, scored on validation.
     chosen = [(c, s) for c in range(len(options)) for s in range(len(splits))]
-    history = _train_by_lr(method, [options[c] for c, _ in chosen], [fit_parts[s] for _, s in chosen],
+    history = _train_grouped(method, [options[c] for c, _ in chosen], [fit_parts[s] for _, s in chosen],
                            [validation_parts[s] for _, s in chosen], settings, stop=None)
     epochs_seen = history.shape[0]
     per_candidate = history.reshape(epochs_seen, len(options), len(splits))
@@ -129,20 +132,21 @@ def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSett
     train_parts = [_part(split, torch.arange(len(split["y_train"]))) for split in splits]
     test_parts = [{"x": split["x_test"], "y": split["y_test"]} for split in splits]
     picked = [options[int(c)] for c in best_candidate]
-    scores = _train_by_lr(method, picked, train_parts, test_parts, settings, stop=stop)
+    scores = _train_grouped(method, picked, train_parts, test_parts, settings, stop=stop)
     return [{"rmse": float(row[0]), "ll": float(row[1]), "ll_by_samples": row[2:], "epochs": epochs, "chosen": option.name}
             for row, option, epochs in zip(scores.tolist(), picked, stop)]
 
 
-def _train_by_lr(method: str, options: list[Candidate], train: list[dict[str, Tensor]],
+def _train_grouped(method: str, options: list[Candidate], train: list[dict[str, Tensor]],
                  evaluate: list[dict[str, Tensor]], settings: TrainSettings, *, stop: list[int] | None) -> Tensor:
-    """`_train`, with one stacked model (and one Adam) per learning rate; results in the order of ``options``."""
-    lrs = sorted({option.lr for option in options})
-    if len(lrs) == 1:
+    """`_train`, with one stacked model (and one Adam) per learning rate and KL temperature; results in
+    the order of ``options``."""
+    groups = sorted({(option.lr, option.temperature) for option in options})
+    if len(groups) == 1:
         return _train(method, options, train, evaluate, settings, stop=stop)
     result: Tensor | None = None
-    for lr in lrs:
-        index = [i for i, option in enumerate(options) if option.lr == lr]
+    for group in groups:
+        index = [i for i, option in enumerate(options) if (option.lr, option.temperature) == group]
         part = _train(method, [options[i] for i in index], [train[i] for i in index], [evaluate[i] for i in index],
                       settings, stop=None if stop is None else [stop[i] for i in index])
         network_dim = 1 if stop is None else 0
@@ -199,7 +203,7 @@ def _train(method: str, options: list[Candidate], train: list[dict[str, Tensor]]
     steps = math.ceil(n_ref / settings.batch_size)
     epochs = settings.epochs if stop is None else max(stop)
     warmup = _recipe.warmup_steps(settings.recipe, epochs * steps) if bayesian else 0
-    kl_weight = bnn.kl_weight(networks * n_ref)
+    kl_weight = options[0].temperature * bnn.kl_weight(networks * n_ref)
     position = torch.arange(steps * settings.batch_size)
     history, snapshot, step = [], [p.detach().clone() for p in model.parameters()], 0
     for epoch in range(1, epochs + 1):

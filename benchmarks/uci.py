@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--noise", nargs="+", default=list(_recipe.Recipe.noise),
                         choices=("heteroscedastic", "homoscedastic"),
                         help="recipe: noise models, chosen per split on validation when several are given")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(_recipe.Recipe.temperatures),
+                        help="recipe: KL temperatures T (KL weight T / N), chosen per split on validation when several")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the validation shuffles, the initialisation and the weight samples")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -119,7 +121,8 @@ def main() -> None:
                                       validation=args.validation, test_samples=args.test_samples, lrs=tuple(args.lr),
                                       hidden=args.hidden, seed=args.seed,
                                       recipe=_recipe.Recipe(args.sigma_init, args.prior_scale, args.fan_in_prior, args.warmup,
-                                                            args.empirical_bayes, tuple(args.noise)))
+                                                            args.empirical_bayes, tuple(args.noise),
+                                                            tuple(args.temperatures)))
     print(f"recipe: {settings.recipe}")
     print(f"dataset={args.dataset} splits={len(splits)} train={n_train} test={len(splits[0]['y_test'])} "
           f"features={splits[0]['x_train'].shape[1]} epochs<={epochs} eval_every={eval_every} "

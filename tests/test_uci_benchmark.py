@@ -99,6 +99,8 @@ def test_recipe_chooses_the_noise_model_of_each_split_on_validation(tmp_path):
     recipe = _recipe.Recipe(noise=("heteroscedastic", "homoscedastic"))
     options = _stacked.candidates("torchbayesian", recipe)
     assert [(o.name, o.heteroscedastic) for o in options] == [("heteroscedastic", True), ("homoscedastic", False)]
+    tempered = _stacked.candidates("torchbayesian", _recipe.Recipe(noise=("homoscedastic",), temperatures=(1.0, 0.3)))
+    assert [(o.name, o.temperature) for o in tempered] == [("homoscedastic, T=1", 1.0), ("homoscedastic, T=0.3", 0.3)]
     net = _stacked.StackedMLP(2, 3, 4, heteroscedastic=torch.tensor([True, False]), dropout=torch.zeros(2))
     _, log_var = net(torch.randn(2, 5, 3))
     assert log_var[1].unique().numel() == 1 and log_var[0].unique().numel() == 5  # one noise level vs per input
@@ -117,7 +119,7 @@ def test_every_method_chooses_its_learning_rate_per_split_and_each_rate_trains_i
                                       hidden=4, seed=0, lrs=(1e-3, 1e-2))
     parts = [{"x": split["x_train"], "y": split["y_train"]} for split in splits]
     tests = [{"x": split["x_test"], "y": split["y_test"]} for split in splits]
-    together = _stacked._train_by_lr("deterministic", [options[0], options[1]], parts, tests, settings, stop=[4, 2])
+    together = _stacked._train_grouped("deterministic", [options[0], options[1]], parts, tests, settings, stop=[4, 2])
     alone = _stacked._train("deterministic", [options[1]], parts[1:], tests[1:], settings, stop=[2])
     torch.testing.assert_close(together[1], alone[0])  # the lr=0.01 network, trained in its own model
     results = _stacked.run_method("deterministic", splits, settings)
