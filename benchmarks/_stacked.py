@@ -93,18 +93,23 @@ def _uniform(*shape: int, fan_in: int) -> Tensor:
 def candidates(method: str, recipe: _recipe.Recipe, lrs: tuple[float, ...] = (1e-3,)) -> list[Candidate]:
     """The settings each method chooses from on validation data: its own options, each with every learning rate."""
     if method == "torchbayesian":
-        options = [Candidate(noise if len(recipe.temperatures) == 1 else f"{noise}, T={temperature:g}",
-                             heteroscedastic=noise == "heteroscedastic", temperature=temperature)
-                   for noise in recipe.noise for temperature in recipe.temperatures]
+        noise_models = [Candidate(noise, heteroscedastic=noise == "heteroscedastic") for noise in recipe.noise]
+        options = _with_each(noise_models, "temperature", recipe.temperatures, "T")
     elif method == "mc_dropout":
         options = [Candidate(f"p={p}", dropout=p) for p in (0.01, 0.05, 0.1)]
     elif method == "deterministic":
         options = [Candidate("deterministic")]
     else:
         raise ValueError(f"unknown method {method!r}")
-    if len(lrs) == 1:
-        return [replace(option, lr=lrs[0]) for option in options]
-    return [replace(option, name=f"{option.name}, lr={lr:g}", lr=lr) for option in options for lr in lrs]
+    return _with_each(options, "lr", lrs, "lr")
+
+
+def _with_each(options: list[Candidate], field: str, values: tuple[float, ...], label: str) -> list[Candidate]:
+    """Every option with every value of ``field``, named ``"<name>, <label>=<value>"`` when there are several."""
+    if len(values) == 1:
+        return [replace(option, **{field: values[0]}) for option in options]
+    return [replace(option, name=f"{option.name}, {label}={value:g}", **{field: value})
+            for option in options for value in values]
 
 
 def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSettings) -> list[dict[str, Any]]:
@@ -121,7 +126,7 @@ def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSett
     # Phase 1: every (candidate, split) network trained on the fit part, scored on validation.
     chosen = [(c, s) for c in range(len(options)) for s in range(len(splits))]
     history = _train_grouped(method, [options[c] for c, _ in chosen], [fit_parts[s] for _, s in chosen],
-                           [validation_parts[s] for _, s in chosen], settings, stop=None)
+                             [validation_parts[s] for _, s in chosen], settings, stop=None)
     epochs_seen = history.shape[0]
     per_candidate = history.reshape(epochs_seen, len(options), len(splits))
     flat = per_candidate.permute(2, 1, 0).reshape(len(splits), -1)  # [split, candidate * checks]
@@ -138,18 +143,18 @@ def run_method(method: str, splits: list[dict[str, Tensor]], settings: TrainSett
 
 
 def _train_grouped(method: str, options: list[Candidate], train: list[dict[str, Tensor]],
-                 evaluate: list[dict[str, Tensor]], settings: TrainSettings, *, stop: list[int] | None) -> Tensor:
+                   evaluate: list[dict[str, Tensor]], settings: TrainSettings, *, stop: list[int] | None) -> Tensor:
     """`_train`, with one stacked model (and one Adam) per learning rate and KL temperature; results in
     the order of ``options``."""
     groups = sorted({(option.lr, option.temperature) for option in options})
     if len(groups) == 1:
         return _train(method, options, train, evaluate, settings, stop=stop)
+    network_dim = 1 if stop is None else 0  # validation history [checks, networks]; test scores [networks, k]
     result: Tensor | None = None
     for group in groups:
         index = [i for i, option in enumerate(options) if (option.lr, option.temperature) == group]
         part = _train(method, [options[i] for i in index], [train[i] for i in index], [evaluate[i] for i in index],
                       settings, stop=None if stop is None else [stop[i] for i in index])
-        network_dim = 1 if stop is None else 0
         if result is None:
             shape = list(part.shape)
             shape[network_dim] = len(options)
@@ -176,8 +181,9 @@ def _stack(parts: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
 
 def _train(method: str, options: list[Candidate], train: list[dict[str, Tensor]], evaluate: list[dict[str, Tensor]],
            settings: TrainSettings, *, stop: list[int] | None) -> Tensor:
-    """Train one network per entry; return validation LL per check ``[checks, networks]`` or, with
-    ``stop``, test ``(rmse, ll)`` per network ``[networks, 2]`` at each network's stopping epoch."""
+    """Train one network per entry (all with the learning rate and KL temperature of ``options[0]``);
+    return validation LL per check ``[checks, networks]`` or, with ``stop``, test ``(rmse, ll)`` per
+    network ``[networks, 2]`` at each network's stopping epoch."""
     torch.manual_seed(settings.seed)
     x, y, mask = _stack(train)
     counts = mask.sum(1)
