@@ -1,3 +1,5 @@
+import collections
+
 import pytest
 import torch
 from scipy.stats import ks_2samp
@@ -105,6 +107,48 @@ def test_structured_outputs_and_keyword_arguments_are_stacked(vectorize):
     assert out["logits"].shape == (3, 4, 2)
     assert out["pair"][0].shape == (3, 4) and out["pair"][1].shape == (3,)
     torch.testing.assert_close(out["pair"][0], out["logits"].sum(-1))
+
+
+_Pair = collections.namedtuple("_Pair", ["first", "rest"])
+
+
+class _Containers(nn.Module):
+    """Outputs in every container `predict` rebuilds, with a non-tensor that differs between draws."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> _Pair:
+        out = self.layer(x)
+        self.calls += 1
+        return _Pair(out, [{0: out.sum(), "tag": "same", "call": self.calls}])
+
+
+def test_loop_rebuilds_named_tuples_lists_and_mappings_and_drops_values_that_differ():
+    model = bnn.BayesianModule(_Containers())
+    out = bnn.predict(model, torch.randn(4, 3), num_samples=3, vectorize=False)
+    assert isinstance(out, _Pair) and isinstance(out.rest, list) and out.first.shape == (3, 4, 2)
+    torch.testing.assert_close(out.rest[0][0], out.first.sum((1, 2)))
+    assert out.rest[0]["tag"] == "same" and out.rest[0]["call"] is None
+
+
+class _ChangingStructure(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.calls += 1
+        return (self.layer(x),) * (1 + self.calls % 2)
+
+
+def test_loop_rejects_outputs_whose_structure_changes_between_draws():
+    model = bnn.BayesianModule(_ChangingStructure())
+    with pytest.raises(ValueError, match="_ChangingStructure returned outputs of different structure"):
+        bnn.predict(model, torch.randn(4, 3), num_samples=2, vectorize=False)
 
 
 class _HFStyle(nn.Module):

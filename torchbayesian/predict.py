@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from torchbayesian import _sampling
@@ -33,7 +32,7 @@ def predict(
     Each draw samples every posterior afresh (tied tensors share one sample within a draw), so
     the result holds ``num_samples`` draws from the predictive distribution. Tensors in the
     output gain a leading dimension of size ``num_samples``; tuples, lists, dicts and HuggingFace
-    ``ModelOutput`` are stacked field by field (`torch.utils._pytree`).
+    ``ModelOutput`` are stacked field by field.
 
     By default the draws are **batched** with ``torch.func.vmap(..., randomness="different")``: the
     model runs once on weights with an extra sample dimension, which is much faster than
@@ -138,16 +137,47 @@ def _looped(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], num
     for _ in range(num_samples):
         with _sampling.fresh_samples():
             outputs.append(model(*args, **kwargs))
-    flat, specs = zip(*(pytree.tree_flatten(output) for output in outputs))
-    if any(spec != specs[0] for spec in specs):
-        raise ValueError(f"predict: {type(model).__name__} returned outputs of different structure across draws.")
-    stacked = [
-        torch.stack(leaves) if isinstance(leaves[0], Tensor) else _shared(leaves) for leaves in zip(*flat)
-    ]
-    return pytree.tree_unflatten(stacked, specs[0])
+    return _stack(outputs, type(model.module if isinstance(model, BayesianModule) else model).__name__)
 
 
-def _shared(leaves: tuple[Any, ...]) -> Any:
+def _stack(draws: list[Any], owner: str) -> Any:
+    """Stack the draws' tensors along a new first dimension, container by container.
+
+    Mappings (dicts, HuggingFace ``ModelOutput``), named tuples, tuples and lists are rebuilt with
+    their own type; other values go through `_shared`.
+    """
+    first = draws[0]
+    if isinstance(first, Tensor) and all(isinstance(draw, Tensor) for draw in draws):
+        return torch.stack(draws)
+    if any(type(draw) is not type(first) for draw in draws):
+        raise ValueError(f"predict: {owner} returned outputs of different structure across draws.")
+    if isinstance(first, Mapping):
+        if any(list(draw.keys()) != list(first.keys()) for draw in draws):
+            raise ValueError(f"predict: {owner} returned outputs of different structure across draws.")
+        stacked = {key: _stack([draw[key] for draw in draws], owner) for key in first}
+        # Keyword construction suits dataclass-like mappings (ModelOutput); other keys need the pairs.
+        return type(first)(**stacked) if all(isinstance(key, str) for key in stacked) else type(first)(stacked)
+    if isinstance(first, (tuple, list)):
+        if any(len(draw) != len(first) for draw in draws):
+            raise ValueError(f"predict: {owner} returned outputs of different structure across draws.")
+        items = [_stack(list(parts), owner) for parts in zip(*draws)]
+        return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
+    return _shared(draws)
+
+
+def _tensors(value: Any) -> Iterator[Tensor]:
+    """The tensors in ``value``, searching tuples, lists and mappings depth first."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _shared(leaves: list[Any]) -> Any:
     # A non-tensor output (a number, a string) is kept when every draw returns it; one that differs
     # between draws (a key-value cache) belongs to no single prediction and is dropped.
     try:
@@ -177,9 +207,9 @@ def _restore_buffers(model: nn.Module, buffers: dict[str, Tensor]) -> None:
 
 
 def _device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
-    for leaf in pytree.tree_leaves((args, kwargs)):
-        if isinstance(leaf, Tensor):
-            return leaf.device
+    tensor = next(_tensors((args, kwargs)), None)
+    if tensor is not None:
+        return tensor.device
     tensor = next(model.parameters(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
 

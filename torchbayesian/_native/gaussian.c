@@ -194,18 +194,18 @@ TB_KERNEL void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offse
     }
 }
 
-/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode (eps is not stored: the backward pass
- * draws it again from the seed). With sums != NULL, also the sums
+/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode; eps is written to noise (for the
+ * backward pass) in the first two modes when noise != NULL. With sums != NULL, also the sums
  * the KL divergence to N(loc, scale^2) needs: sums[0] = sum sigma^2, sums[1] = sum (mu - loc)^2,
  * sums[2] = sum log sigma. */
-TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out, int64_t n, int mode,
-                                   uint64_t seed, int64_t offset, float loc, double *sums) {
+TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *noise, int64_t n,
+                                   int mode, uint64_t seed, int64_t offset, float loc, double *sums) {
     double total_square = 0.0, total_deviation = 0.0, total_log = 0.0;
-    float sigma[BLOCK], e[BLOCK];
+    float sigma[BLOCK], buffer[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
         const float *mean = mu + start;
-        float *o = out + start;
+        float *o = out + start, *e = noise ? noise + start : buffer;
         softplus_block(rho + start, sigma, NULL, m);
         if (mode == OUT_SAMPLE) {
             normal_block(e, offset + start, m, seed);
@@ -237,14 +237,14 @@ TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out
 
 /* Gradients of out (by mode, with upstream grad_out, may be NULL), of an output equal to mu (with
  * upstream grad_mean, may be NULL; the sample's own gradient in mu for OUT_SAMPLE) and of kl_grad * KL,
- * where KL = (sum sigma^2 + sum (mu - loc)^2) / (2 prior_var) - sum log sigma + const. eps is drawn again
- * from the forward's seed (a perturbation sigma * eps takes the OUT_SAMPLE path without grad_mean).
+ * where KL = (sum sigma^2 + sum (mu - loc)^2) / (2 prior_var) - sum log sigma + const. noise is the
+ * forward's eps (a perturbation sigma * eps takes the OUT_SAMPLE path without grad_mean).
  * grad_mu and grad_rho may be NULL when not needed. */
-TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, uint64_t seed, const float *grad_out,
+TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, const float *noise, const float *grad_out,
                           const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
                           float kl_grad, float loc, float prior_var) {
     const float c = kl_grad / prior_var;
-    float sigma[BLOCK], tail[BLOCK], data[BLOCK], v[BLOCK];
+    float sigma[BLOCK], tail[BLOCK], data[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
         const float *mean = mu + start, *g = grad_out ? grad_out + start : NULL;
@@ -258,11 +258,10 @@ TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, uint64_t 
         }
         if (grad_rho) {
             float *gr = grad_rho + start;
-            if (g && mode == OUT_SAMPLE) normal_block(v, start, m, seed); /* the forward's eps, drawn again */
             softplus_block(rho + start, sigma, tail, m);
             /* d out / d sigma times grad_out, times sigma: g eps sigma | 2 g sigma^2. */
             if (g && mode == OUT_SAMPLE)
-                for (int64_t i = 0; i < m; i++) data[i] = g[i] * v[i] * sigma[i];
+                for (int64_t i = 0; i < m; i++) data[i] = g[i] * noise[start + i] * sigma[i];
             else if (g && mode == OUT_VARIANCE)
                 for (int64_t i = 0; i < m; i++) data[i] = 2.0f * g[i] * sigma[i] * sigma[i];
             else
