@@ -73,7 +73,7 @@ def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
     recorded = _sampling.find_kl(posterior)
     if recorded is not None and recorded.valid_for(posterior, prior, versions):
         return recorded.value if torch.is_grad_enabled() else recorded.value.detach()
-    _, kl, _ = ops.gaussian_draw(posterior.mu, posterior.rho, seed, prior.loc, prior.scale, ops.KL_ONLY, True)
+    _, kl = ops.gaussian_draw(posterior.mu, posterior.rho, seed, prior.loc, prior.scale, ops.KL_ONLY, True)
     scope = _sampling.active()
     if scope is not None:
         scope.record(posterior).kl = _sampling.KLRecord.create(kl, posterior, prior, versions)

@@ -39,7 +39,7 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     pointer, size, seed, flag, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float
     library.tb_rademacher.argtypes = [pointer, size, seed, size]
     library.tb_local_reparameterization.argtypes = [pointer, pointer, pointer, pointer, size, seed, size]
-    library.tb_gaussian_forward.argtypes = [pointer, pointer, pointer, pointer, size, flag, seed, size, number, pointer]
+    library.tb_gaussian_forward.argtypes = [pointer, pointer, pointer, size, flag, seed, size, number, pointer]
     library.tb_gaussian_backward.argtypes = [
         pointer, pointer, pointer, pointer, pointer, pointer, pointer, size, flag, number, number, number,
     ]

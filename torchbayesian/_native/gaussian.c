@@ -194,18 +194,18 @@ TB_KERNEL void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offse
     }
 }
 
-/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode; eps is written to noise (for the
- * backward pass) in the first two modes when noise != NULL. With sums != NULL, also the sums
+/* out = mu + sigma * eps | sigma * eps | sigma^2 | nothing, by mode (eps is not stored: the backward pass
+ * recovers sigma * eps from out). With sums != NULL, also the sums
  * the KL divergence to N(loc, scale^2) needs: sums[0] = sum sigma^2, sums[1] = sum (mu - loc)^2,
  * sums[2] = sum log sigma. */
-TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out, float *noise, int64_t n,
-                                   int mode, uint64_t seed, int64_t offset, float loc, double *sums) {
+TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out, int64_t n, int mode,
+                                   uint64_t seed, int64_t offset, float loc, double *sums) {
     double total_square = 0.0, total_deviation = 0.0, total_log = 0.0;
-    float sigma[BLOCK], buffer[BLOCK];
+    float sigma[BLOCK], e[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t m = n - start < BLOCK ? n - start : BLOCK;
         const float *mean = mu + start;
-        float *o = out + start, *e = noise ? noise + start : buffer;
+        float *o = out + start;
         softplus_block(rho + start, sigma, NULL, m);
         if (mode == OUT_SAMPLE) {
             normal_block(e, offset + start, m, seed);
@@ -237,10 +237,12 @@ TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out
 
 /* Gradients of out (by mode, with upstream grad_out, may be NULL), of an output equal to mu (with
  * upstream grad_mean, may be NULL; the sample's own gradient in mu for OUT_SAMPLE) and of kl_grad * KL,
- * where KL = (sum sigma^2 + sum (mu - loc)^2) / (2 prior_var) - sum log sigma + const. noise is the
- * forward's eps (a perturbation sigma * eps takes the OUT_SAMPLE path without grad_mean).
- * grad_mu and grad_rho may be NULL when not needed. */
-TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, const float *noise, const float *grad_out,
+ * where KL = (sum sigma^2 + sum (mu - loc)^2) / (2 prior_var) - sum log sigma + const. drawn is the
+ * forward's out, from which sigma * eps is recovered: out - mu for OUT_SAMPLE, out itself for
+ * OUT_PERTURBATION. The recovery is off by at most half an ulp of out, so the data term of grad_rho,
+ * grad_out * (sigma * eps) * sigmoid(rho) / sigma, is off by at most |grad_out| * ulp(out) / 2
+ * (sigmoid(rho) <= softplus(rho)). grad_mu and grad_rho may be NULL when not needed. */
+TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, const float *drawn, const float *grad_out,
                           const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
                           float kl_grad, float loc, float prior_var) {
     const float c = kl_grad / prior_var;
@@ -261,7 +263,9 @@ TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, const flo
             softplus_block(rho + start, sigma, tail, m);
             /* d out / d sigma times grad_out, times sigma: g eps sigma | 2 g sigma^2. */
             if (g && mode == OUT_SAMPLE)
-                for (int64_t i = 0; i < m; i++) data[i] = g[i] * noise[start + i] * sigma[i];
+                for (int64_t i = 0; i < m; i++) data[i] = g[i] * (drawn[start + i] - mean[i]);
+            else if (g && mode == OUT_PERTURBATION)
+                for (int64_t i = 0; i < m; i++) data[i] = g[i] * drawn[start + i];
             else if (g && mode == OUT_VARIANCE)
                 for (int64_t i = 0; i < m; i++) data[i] = 2.0f * g[i] * sigma[i] * sigma[i];
             else

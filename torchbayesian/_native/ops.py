@@ -63,28 +63,29 @@ def _kl_dtype(dtype: torch.dtype) -> torch.dtype:
 @torch.library.custom_op("torchbayesian::gaussian_draw", mutates_args=())
 def gaussian_draw(
     mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, mode: int, with_kl: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Draw from ``N(mu, softplus(rho)^2)``; see `_torch_gaussian_draw` (the implementation on every device)."""
     return _torch_gaussian_draw(mu, rho, seed, loc, scale, mode, with_kl)
 
 
 def _torch_gaussian_draw(
     mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, mode: int, with_kl: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Draw from ``N(mu, softplus(rho)^2)`` and, with ``with_kl``, compute ``KL(q || N(loc, scale^2))`` summed.
 
-    Returns ``(out, kl, eps)``: ``out`` is ``mu + sigma * eps`` (`SAMPLE`), ``sigma * eps``
+    Returns ``(out, kl)``: ``out`` is ``mu + sigma * eps`` (`SAMPLE`), ``sigma * eps``
     (`PERTURBATION`), ``sigma^2`` (`VARIANCE`) or empty (`KL_ONLY`); ``kl`` is the summed KL
-    (zero without ``with_kl``), in float32 for float16/bfloat16 parameters; ``eps`` is the standard
-    normal noise drawn from ``seed`` (empty in the modes without noise), which the backward pass reads.
+    (zero without ``with_kl``), in float32 for float16/bfloat16 parameters. ``eps`` is not kept:
+    the backward pass recovers ``sigma * eps`` from ``out`` (C kernels) or draws ``eps`` again from
+    ``seed`` (torch implementation).
     """
     mu, rho, loc, scale = (tensor.contiguous() for tensor in (mu, rho, loc, scale))
-    noise = _normal(mu, seed) if mode in _NOISY else mu.new_empty(0)
+    noise = _normal(mu, seed) if mode in _NOISY else None
     sigma = F.softplus(rho)
     out = {SAMPLE: lambda: torch.addcmul(mu, sigma, noise), PERTURBATION: lambda: sigma * noise,
            VARIANCE: lambda: sigma.square(), KL_ONLY: lambda: mu.new_empty(0)}[mode]()
     kl = _torch_kl(mu, sigma, loc, scale) if with_kl else mu.new_zeros((), dtype=_kl_dtype(mu.dtype))
-    return out, kl, noise
+    return out, kl
 
 
 def _torch_kl(mu: Tensor, sigma: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
@@ -98,79 +99,73 @@ def _torch_kl(mu: Tensor, sigma: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
 @gaussian_draw.register_kernel("cpu")
 def _gaussian_draw_cpu(
     mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, mode: int, with_kl: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     if not (_native(mu, rho) and loc.numel() == 1 and scale.numel() == 1):
         return _torch_gaussian_draw(mu, rho, seed, loc, scale, mode, with_kl)
     out = mu.new_empty(0) if mode == KL_ONLY else torch.empty_like(mu)
-    noise = torch.empty_like(mu) if mode in _NOISY else mu.new_empty(0)
     sums = torch.zeros(3, dtype=torch.float64)
     prior_loc, prior_scale = float(loc), float(scale)
     KERNELS.tb_gaussian_forward(
-        address(mu), address(rho), address(out) if mode != KL_ONLY else None,
-        address(noise) if mode in _NOISY else None, mu.numel(), mode, int(seed) & (2**64 - 1), 0, prior_loc,
-        sums.data_ptr() if with_kl else None,
+        address(mu), address(rho), address(out) if mode != KL_ONLY else None, mu.numel(), mode,
+        int(seed) & (2**64 - 1), 0, prior_loc, sums.data_ptr() if with_kl else None,
     )
     if not with_kl:
-        return out, mu.new_zeros(()), noise
+        return out, mu.new_zeros(())
     square, deviation, log_sigma = sums.tolist()
     kl = (square + deviation) / (2 * prior_scale**2) - log_sigma + mu.numel() * (math.log(prior_scale) - 0.5)
-    return out, torch.tensor(kl, dtype=mu.dtype), noise
+    return out, torch.tensor(kl, dtype=mu.dtype)
 
 
 @gaussian_draw.register_fake
 def _gaussian_draw_fake(
     mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, mode: int, with_kl: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     out = mu.new_empty(0) if mode == KL_ONLY else torch.empty_like(mu)
-    noise = torch.empty_like(mu) if mode in _NOISY else mu.new_empty(0)
-    return out, mu.new_empty((), dtype=_kl_dtype(mu.dtype)), noise
+    return out, mu.new_empty((), dtype=_kl_dtype(mu.dtype))
 
 
-def _gaussian_draw_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
-    mu, rho, _, loc, scale, mode, with_kl = inputs
-    noise = output[2]
-    ctx.mark_non_differentiable(noise)
-    ctx.save_for_backward(mu, rho, noise, loc, scale)
+def _gaussian_draw_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    mu, rho, seed, loc, scale, mode, with_kl = inputs
+    ctx.save_for_backward(mu, rho, seed, output[0], loc, scale)
     ctx.mode, ctx.with_kl = mode, with_kl
 
 
-def _gaussian_draw_backward(
-    ctx: Any, grad_out: Tensor | None, grad_kl: Tensor | None, _: Tensor | None
-) -> tuple[Tensor | None, ...]:
-    mu, rho, noise, loc, scale = ctx.saved_tensors
+def _gaussian_draw_backward(ctx: Any, grad_out: Tensor | None, grad_kl: Tensor | None) -> tuple[Tensor | None, ...]:
+    mu, rho, seed, drawn, loc, scale = ctx.saved_tensors
     mode = ctx.mode
     if grad_out is None:
         grad_out = torch.zeros_like(mu) if mode != KL_ONLY else mu.new_empty(0)
     if grad_kl is None or not ctx.with_kl:
         grad_kl = torch.zeros((), dtype=_kl_dtype(mu.dtype), device=mu.device)
     need_mu, need_rho, _, need_loc, need_scale = ctx.needs_input_grad[:5]
-    grads = gaussian_draw_backward(mu, rho, noise, loc, scale, grad_out, grad_kl, mode, need_loc or need_scale)
+    grads = gaussian_draw_backward(mu, rho, seed, drawn, loc, scale, grad_out, grad_kl, mode, need_loc or need_scale)
     return (grads[0] if need_mu else None, grads[1] if need_rho else None, None, grads[2] if need_loc else None,
             grads[3] if need_scale else None, None, None)
 
 
 @torch.library.custom_op("torchbayesian::gaussian_draw_backward", mutates_args=())
 def gaussian_draw_backward(
-    mu: Tensor, rho: Tensor, noise: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor, grad_kl: Tensor, mode: int,
-    need_prior: bool,
+    mu: Tensor, rho: Tensor, seed: Tensor, drawn: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor,
+    grad_kl: Tensor, mode: int, need_prior: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The gradients in ``(mu, rho, loc, scale)`` of ``<grad_out, out> + grad_kl * kl`` for `gaussian_draw`.
 
-    An operator of its own, so that ``torch.compile`` traces the backward pass; ``noise`` is the
-    forward's ``eps``. Without ``need_prior`` the prior's gradients are zeros.
+    An operator of its own, so that ``torch.compile`` traces the backward pass. ``drawn`` is the
+    forward's ``out``: the C kernels recover ``sigma * eps`` from it, the torch implementation
+    draws ``eps`` again from ``seed``. Without ``need_prior`` the prior's gradients are zeros.
     """
-    return _torch_backward(mu, rho, noise, loc, scale, grad_out, grad_kl, mode, need_prior)
+    return _torch_backward(mu, rho, seed, loc, scale, grad_out, grad_kl, mode, need_prior)
 
 
 def _torch_backward(
-    mu: Tensor, rho: Tensor, noise: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor, grad_kl: Tensor, mode: int,
+    mu: Tensor, rho: Tensor, seed: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor, grad_kl: Tensor, mode: int,
     need_prior: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dtype = _kl_dtype(mu.dtype)
     sigma = F.softplus(rho)
     grad_mu = grad_out if mode == SAMPLE else torch.zeros_like(mu)
     if mode in _NOISY:
-        grad_sigma = grad_out * noise
+        grad_sigma = grad_out * _normal(mu, seed)  # the forward's eps, drawn again
     elif mode == VARIANCE:
         grad_sigma = 2 * grad_out * sigma
     else:
@@ -189,27 +184,25 @@ def _torch_backward(
 
 @gaussian_draw_backward.register_kernel("cpu")
 def _gaussian_draw_backward_cpu(
-    mu: Tensor, rho: Tensor, noise: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor, grad_kl: Tensor, mode: int,
-    need_prior: bool,
+    mu: Tensor, rho: Tensor, seed: Tensor, drawn: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor,
+    grad_kl: Tensor, mode: int, need_prior: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if not (_native(mu, rho) and loc.numel() == 1 and scale.numel() == 1 and not need_prior):
-        return _torch_backward(mu, rho, noise, loc, scale, grad_out, grad_kl, mode, need_prior)
+    if not (_native(mu, rho, drawn) and loc.numel() == 1 and scale.numel() == 1 and not need_prior):
+        return _torch_backward(mu, rho, seed, loc, scale, grad_out, grad_kl, mode, need_prior)
     grad_out = grad_out.contiguous()
     grad_mu, grad_rho = torch.empty_like(mu), torch.empty_like(rho)
-    # A perturbation sigma * eps differentiates like a sample without the mean's gradient.
     KERNELS.tb_gaussian_backward(
-        address(mu), address(rho), address(noise) if mode in _NOISY else None,
-        address(grad_out) if mode != KL_ONLY else None,
-        address(grad_out) if mode == SAMPLE else None, address(grad_mu), address(grad_rho), mu.numel(),
-        SAMPLE if mode == PERTURBATION else mode, float(grad_kl), float(loc), float(scale) ** 2,
+        address(mu), address(rho), address(drawn) if mode in _NOISY else None,
+        address(grad_out) if mode != KL_ONLY else None, address(grad_out) if mode == SAMPLE else None,
+        address(grad_mu), address(grad_rho), mu.numel(), mode, float(grad_kl), float(loc), float(scale) ** 2,
     )
     return grad_mu, grad_rho, torch.zeros_like(loc), torch.zeros_like(scale)
 
 
 @gaussian_draw_backward.register_fake
 def _gaussian_draw_backward_fake(
-    mu: Tensor, rho: Tensor, noise: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor, grad_kl: Tensor, mode: int,
-    need_prior: bool,
+    mu: Tensor, rho: Tensor, seed: Tensor, drawn: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor,
+    grad_kl: Tensor, mode: int, need_prior: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return torch.empty_like(mu), torch.empty_like(rho), torch.empty_like(loc), torch.empty_like(scale)
 
@@ -341,6 +334,6 @@ def _looped(op: Callable[..., Any], outputs: int) -> Callable[..., Any]:
     return rule
 
 
-torch.library.register_vmap(gaussian_draw, _looped(gaussian_draw, 3))
+torch.library.register_vmap(gaussian_draw, _looped(gaussian_draw, 2))
 torch.library.register_vmap(local_reparameterization, _looped(local_reparameterization, 2))
 torch.library.register_vmap(rademacher, _looped(rademacher, 1))

@@ -178,7 +178,7 @@ class GaussianPosterior(VariationalPosterior):
         else:
             loc, scale = self.mu.new_zeros(()), self.mu.new_ones(())
         seed = ops.draw_seed() if mode != ops.VARIANCE else torch.zeros((), dtype=torch.int64)
-        out, kl, _ = ops.gaussian_draw(self.mu, self.rho, seed, loc, scale, mode, with_kl)
+        out, kl = ops.gaussian_draw(self.mu, self.rho, seed, loc, scale, mode, with_kl)
         if with_kl:
             record.kl = _sampling.KLRecord.create(kl, self, prior, state_versions(self))
         return out
