@@ -143,6 +143,29 @@ def test_backward_error_from_recovering_the_noise_stays_within_half_an_ulp_of_th
     assert ((grad_rho.double() - exact).abs() <= bound + 1e-6 * exact.abs() + 1e-30).all()
 
 
+@pytest.mark.parametrize("mode", [ops.SAMPLE, ops.PERTURBATION])
+def test_learnable_prior_gets_the_gradients_of_the_noise_the_forward_drew(mode) -> None:
+    # A prior whose loc and scale need gradients used to send the backward pass to the torch
+    # implementation, which drew other noise than the kernel's forward: grad_rho was wrong.
+    n = 1500
+    generator = torch.Generator().manual_seed(1)
+    mu = torch.randn(n, generator=generator).requires_grad_()
+    rho = torch.linspace(-4.0, 1.0, n).requires_grad_()
+    loc, scale = torch.tensor(0.3, requires_grad=True), torch.tensor(0.8, requires_grad=True)
+    seed = ops.draw_seed()
+    out, kl = ops.gaussian_draw(mu, rho, seed, loc, scale, mode, True)
+    grad_out, kl_grad = torch.randn(n, generator=generator), 0.7
+    got = torch.autograd.grad((out * grad_out).sum() + kl_grad * kl, (mu, rho, loc, scale))
+    noise = _eps(seed, n)
+    for value, reference in zip(got, _reference_gradients(mu, rho, 0.3, 0.8, noise, mode, grad_out, kl_grad)):
+        torch.testing.assert_close(value.double(), reference, rtol=1e-4, atol=1e-4)
+    sigma, deviation = F.softplus(rho.detach().double()), mu.detach().double() - 0.3
+    expected_loc = -kl_grad * deviation.sum() / 0.8**2
+    expected_scale = kl_grad * (n / 0.8 - (sigma.square() + deviation.square()).sum() / 0.8**3)
+    torch.testing.assert_close(got[2].double(), expected_loc, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(got[3].double(), expected_scale, rtol=1e-4, atol=1e-3)
+
+
 def test_nan_in_rho_propagates_and_low_precision_kl_does_not_overflow() -> None:
     mu, rho = torch.zeros(4), torch.tensor([0.0, float("nan"), 1.0, 2.0])
     out, kl = ops.gaussian_draw(mu, rho, ops.draw_seed(), torch.tensor(0.0), torch.tensor(1.0), ops.SAMPLE, True)

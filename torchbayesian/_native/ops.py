@@ -174,12 +174,22 @@ def _torch_backward(
     deviation = mu.to(dtype) - loc.to(dtype)
     grad_mu = grad_mu + (weight * deviation).to(mu.dtype)
     grad_sigma = grad_sigma + (weight * sigma.to(dtype) - grad_kl.to(dtype) / sigma.to(dtype)).to(mu.dtype)
-    grad_loc, grad_scale = torch.zeros_like(loc), torch.zeros_like(scale)
-    if need_prior:
-        grad_loc = _reduce_to(-weight * deviation, loc.shape).to(loc.dtype)
-        squares = (sigma.to(dtype).square() + deviation.square()) / scale.to(dtype).square()
-        grad_scale = _reduce_to(grad_kl.to(dtype) * (1 - squares) / scale.to(dtype), scale.shape).to(scale.dtype)
-    return grad_mu, grad_sigma * torch.sigmoid(rho), grad_loc, grad_scale
+    return (grad_mu, grad_sigma * torch.sigmoid(rho), *_prior_gradients(mu, rho, loc, scale, grad_kl, need_prior))
+
+
+def _prior_gradients(
+    mu: Tensor, rho: Tensor, loc: Tensor, scale: Tensor, grad_kl: Tensor, need_prior: bool
+) -> tuple[Tensor, Tensor]:
+    """The gradients of ``grad_kl * kl`` in ``(loc, scale)``; zeros without ``need_prior``."""
+    if not need_prior:
+        return torch.zeros_like(loc), torch.zeros_like(scale)
+    dtype = _kl_dtype(mu.dtype)
+    sigma, grad_kl, scale = F.softplus(rho), grad_kl.to(dtype), scale.to(dtype)
+    deviation = mu.to(dtype) - loc.to(dtype)
+    grad_loc = _reduce_to(-grad_kl / scale.square() * deviation, loc.shape).to(loc.dtype)
+    squares = (sigma.to(dtype).square() + deviation.square()) / scale.square()
+    grad_scale = _reduce_to(grad_kl * (1 - squares) / scale, scale.shape).to(scale.dtype)
+    return grad_loc, grad_scale
 
 
 @gaussian_draw_backward.register_kernel("cpu")
@@ -187,7 +197,8 @@ def _gaussian_draw_backward_cpu(
     mu: Tensor, rho: Tensor, seed: Tensor, drawn: Tensor, loc: Tensor, scale: Tensor, grad_out: Tensor,
     grad_kl: Tensor, mode: int, need_prior: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if not (_native(mu, rho, drawn) and loc.numel() == 1 and scale.numel() == 1 and not need_prior):
+    # The same condition as the forward's, so that a kernel-drawn sample is differentiated with its own noise.
+    if not (_native(mu, rho, drawn) and loc.numel() == 1 and scale.numel() == 1):
         return _torch_backward(mu, rho, seed, loc, scale, grad_out, grad_kl, mode, need_prior)
     grad_out = grad_out.contiguous()
     grad_mu, grad_rho = torch.empty_like(mu), torch.empty_like(rho)
@@ -196,7 +207,7 @@ def _gaussian_draw_backward_cpu(
         address(grad_out) if mode != KL_ONLY else None, address(grad_out) if mode == SAMPLE else None,
         address(grad_mu), address(grad_rho), mu.numel(), mode, float(grad_kl), float(loc), float(scale) ** 2,
     )
-    return grad_mu, grad_rho, torch.zeros_like(loc), torch.zeros_like(scale)
+    return grad_mu, grad_rho, *_prior_gradients(mu, rho, loc, scale, grad_kl, need_prior)
 
 
 @gaussian_draw_backward.register_fake
