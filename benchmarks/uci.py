@@ -2,8 +2,9 @@
 
 The standard protocol of Hernandez-Lobato & Adams (2015) on any data set in the layout of the
 MC dropout experiments' ``UCI_Datasets`` folder (``data.txt``, ``index_features.txt``,
-``index_target.txt``, ``index_train_K.txt``, ``index_test_K.txt``): one hidden layer of 50 ReLU
-units (``--hidden 100`` for protein), inputs and targets standardised with each training split's
+``index_target.txt``, ``index_train_K.txt``, ``index_test_K.txt``, directly in the data set's
+folder or in its ``data`` sub-folder as in that repository): one hidden layer of 50 ReLU units (100
+for protein, or the number in ``n_hidden.txt`` when the folder has one; ``--hidden`` overrides), inputs and targets standardised with each training split's
 statistics, Adam, mini-batches of 32, a (mean, log-variance) output. Reported in
 the original units: the test RMSE of the predictive mean and the average test log-likelihood of the
 predictive mixture ``log (1/S) sum_s N(y; mu_s, sigma_s^2)``, mean ± standard error over splits.
@@ -43,11 +44,26 @@ from benchmarks import _recipe, _stacked
 METHODS = ("torchbayesian", "mc_dropout", "deterministic")
 
 
+def dataset_folder(data_dir: Path, dataset: str) -> Path:
+    """The folder holding ``data.txt``: ``data_dir / dataset``, or its ``data`` sub-folder (the UCI_Datasets repository)."""
+    for folder in (data_dir / dataset, data_dir / dataset / "data"):
+        if (folder / "data.txt").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"uci.py: no data.txt in {data_dir / dataset} or {data_dir / dataset / 'data'}; expected the UCI_Datasets layout."
+    )
+
+
+def default_hidden(folder: Path, dataset: str) -> int:
+    """The protocol's hidden units: ``n_hidden.txt`` when present, else 100 for protein and 50 otherwise."""
+    if (folder / "n_hidden.txt").is_file():
+        return int(_read_numbers(folder / "n_hidden.txt", flat=True)[0])
+    return 100 if "protein" in dataset.lower() else 50
+
+
 def load_splits(data_dir: Path, dataset: str, splits: int | None) -> list[dict[str, Tensor]]:
     """Return one dict per split with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (float64, raw units)."""
-    folder = data_dir / dataset
-    if not (folder / "data.txt").is_file():
-        raise FileNotFoundError(f"uci.py: no data.txt in {folder}; expected the UCI_Datasets layout.")
+    folder = dataset_folder(data_dir, dataset)
     data = torch.tensor(_read_numbers(folder / "data.txt"), dtype=torch.float64)
     features = [int(i) for i in _read_numbers(folder / "index_features.txt", flat=True)]
     target = int(_read_numbers(folder / "index_target.txt", flat=True)[0])
@@ -85,7 +101,8 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=None, help="use the first K splits (default: all)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                         help="methods to run, all by default")
-    parser.add_argument("--hidden", type=int, default=50, help="hidden units (100 for protein)")
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="hidden units (default: n_hidden.txt if present, else 100 for protein and 50 otherwise)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="maximum epochs (default: about 16,000 optimiser steps, between 40 and 2,000 epochs)")
     parser.add_argument("--eval-every", type=int, default=None, help="epochs between validation checks (default epochs / 40)")
@@ -113,19 +130,20 @@ def main() -> None:
     start = time.perf_counter()
 
     splits = load_splits(args.data_dir, args.dataset, args.splits)
+    hidden = args.hidden or default_hidden(dataset_folder(args.data_dir, args.dataset), args.dataset)
     n_train = len(splits[0]["y_train"])
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     epochs = args.epochs or max(40, min(2000, round(16_000 / steps_per_epoch / 10) * 10))
     eval_every = args.eval_every or max(1, epochs // 40)
     settings = _stacked.TrainSettings(epochs=epochs, eval_every=eval_every, batch_size=args.batch_size,
                                       validation=args.validation, test_samples=args.test_samples, lrs=tuple(args.lr),
-                                      hidden=args.hidden, seed=args.seed,
+                                      hidden=hidden, seed=args.seed,
                                       recipe=_recipe.Recipe(args.sigma_init, args.prior_scale, args.fan_in_prior, args.warmup,
                                                             args.empirical_bayes, tuple(args.noise),
                                                             tuple(args.temperatures)))
     print(f"recipe: {settings.recipe}")
     print(f"dataset={args.dataset} splits={len(splits)} train={n_train} test={len(splits[0]['y_test'])} "
-          f"features={splits[0]['x_train'].shape[1]} epochs<={epochs} eval_every={eval_every} "
+          f"features={splits[0]['x_train'].shape[1]} hidden={hidden} epochs<={epochs} eval_every={eval_every} "
           f"validation={args.validation} test_samples={args.test_samples} lr={args.lr}", flush=True)
 
     rows = []

@@ -43,6 +43,17 @@ def test_load_splits_reads_the_layout(tmp_path):
         uci.load_splits(tmp_path, "missing", None)
 
 
+def test_repository_layout_and_protocol_hidden_units(tmp_path):
+    # The UCI_Datasets repository keeps the files in <name>/data/, with n_hidden.txt beside them.
+    _write_dataset(tmp_path / "toy" / "data")
+    assert len(uci.load_splits(tmp_path, "toy", None)) == 3
+    assert uci.default_hidden(uci.dataset_folder(tmp_path, "toy"), "toy") == 50
+    (tmp_path / "toy" / "data" / "n_hidden.txt").write_text("100\n")
+    assert uci.default_hidden(uci.dataset_folder(tmp_path, "toy"), "toy") == 100
+    _write_dataset(tmp_path / "protein-tertiary-structure")
+    assert uci.default_hidden(tmp_path / "protein-tertiary-structure", "protein-tertiary-structure") == 100
+
+
 def test_script_prints_a_table_and_one_json_line_per_method(tmp_path):
     _write_dataset(tmp_path / "toy", unequal=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
