@@ -150,19 +150,23 @@ def _stack(draws: list[Any], owner: str) -> Any:
     if isinstance(first, Tensor) and all(isinstance(draw, Tensor) for draw in draws):
         return torch.stack(draws)
     if any(type(draw) is not type(first) for draw in draws):
-        raise ValueError(f"predict: {owner} returned outputs of different structure across draws.")
+        raise _different_structure(owner)
     if isinstance(first, Mapping):
         if any(list(draw.keys()) != list(first.keys()) for draw in draws):
-            raise ValueError(f"predict: {owner} returned outputs of different structure across draws.")
+            raise _different_structure(owner)
         stacked = {key: _stack([draw[key] for draw in draws], owner) for key in first}
         # Keyword construction suits dataclass-like mappings (ModelOutput); other keys need the pairs.
         return type(first)(**stacked) if all(isinstance(key, str) for key in stacked) else type(first)(stacked)
     if isinstance(first, (tuple, list)):
         if any(len(draw) != len(first) for draw in draws):
-            raise ValueError(f"predict: {owner} returned outputs of different structure across draws.")
+            raise _different_structure(owner)
         items = [_stack(list(parts), owner) for parts in zip(*draws)]
         return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
     return _shared(draws)
+
+
+def _different_structure(owner: str) -> ValueError:
+    return ValueError(f"predict: {owner} returned outputs of different structure across draws.")
 
 
 def _tensors(value: Any) -> Iterator[Tensor]:
