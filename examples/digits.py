@@ -6,8 +6,9 @@ optimiser and the number of epochs. The Bayesian network follows torchbayesian's
 guide "Getting good uncertainty"): `bnn.BayesianModule` with small initial posterior scales, the
 negative ELBO with KL weight ``1 / len(train_set)`` (``--warmup`` adds a linear KL warm-up), and
 the Monte Carlo predictive at test time. ``--temperatures`` lists KL temperatures ``T`` (KL weight
-``T / len(train_set)``) among which the NLL on a validation fifth of the training set chooses, per seed. ``--empirical-bayes`` refits each prior's scale to its posterior
-every epoch (`bnn.fit_prior_scale_`); on this data set it collapses the network, see the guide.
+``T / len(train_set)``) among which the NLL on a validation fifth of the training set chooses, per
+seed. ``--empirical-bayes`` refits each prior's scale to its posterior every epoch
+(`bnn.fit_prior_scale_`); on this data set it collapses the network, see the guide.
 
 For each seed the script trains the three networks and, after the last seed, prints one line per
 network with the mean ± standard error over seeds of the test accuracy, negative log-likelihood
