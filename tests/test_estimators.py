@@ -284,12 +284,14 @@ def test_remove_posterior_restores_the_layer_forward(posterior: type[EstimatorPo
     layer = nn.Linear(3, 2)
     bnn.register_posterior(layer, "weight", posterior, sigma_init=0.5)
     bnn.register_posterior(layer, "bias", posterior, sigma_init=0.5)
+    assert "forward" not in layer.__dict__, "the layer's forward must not be replaced"
     x = torch.randn(4, 3)
     assert not torch.equal(layer(x), layer(x))
     bnn.remove_posterior(layer, "weight")
-    assert "forward" in layer.__dict__
+    assert not torch.equal(layer(x), layer(x)), "the bias must still add its noise"
     bnn.remove_posterior(layer, "bias")
-    assert "forward" not in layer.__dict__ and type(layer) is nn.Linear
+    assert type(layer) is nn.Linear
+    assert not layer._forward_hooks and not layer._forward_pre_hooks, "the estimator hooks must be removed"
     assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
 
 
@@ -316,8 +318,15 @@ def test_copies_and_pickles_keep_the_estimator(posterior: type[EstimatorPosterio
                 q.mu.add_(1.0)
         with bnn.frozen(model), bnn.frozen(clone):
             assert not torch.allclose(clone(x), model(x))
-        assert clone.module[2].forward.layer is clone.module[2]
         assert not torch.equal(clone(x), clone(x))
+        clone(x).sum().backward()
+        assert all(q.rho.grad is not None for _, q in clone.posteriors()), "the clone's noise must come from its own posteriors"
+        assert all(q.rho.grad is None for _, q in model.posteriors())
+        layer = clone.module[2]
+        for name in ("weight", "bias"):
+            bnn.remove_posterior(layer, name)
+        assert not layer._forward_hooks and not layer._forward_pre_hooks, "the clone's hooks must be its own"
+        assert model.module[2]._forward_hooks and not torch.equal(model(x), model(x))
 
 
 def test_register_estimator_dispatches_on_the_mro() -> None:
@@ -370,3 +379,44 @@ def test_gpt2_conv1d(posterior: type[EstimatorPosterior]) -> None:
     assert ((ratio - 1).abs() < 0.3).all()
     out = bayesian(x.expand(2, 3))
     assert not torch.allclose(out[0], out[1])
+
+
+@pytest.mark.parametrize("posterior", ESTIMATORS)
+def test_forward_hooks_the_layer_had_see_the_noisy_output(posterior: type[EstimatorPosterior]) -> None:
+    layer = nn.Linear(3, 2)
+    seen: list[Tensor] = []
+    layer.register_forward_hook(lambda module, args, output: seen.append(output))
+    q = bnn.register_posterior(layer, "weight", posterior, sigma_init=0.5)
+    x = torch.randn(4, 3)
+    out = layer(x)
+    assert seen[-1] is out
+    assert not torch.allclose(out, F.linear(x, q.mu, layer.bias))
+
+
+@pytest.mark.parametrize("posterior", ESTIMATORS)
+def test_a_failed_layer_call_leaves_no_mean_reads_behind(posterior: type[EstimatorPosterior]) -> None:
+    layer = nn.Linear(3, 2)
+    q = bnn.register_posterior(layer, "weight", posterior, sigma_init=0.5)
+    with bnn.reuse_samples():
+        with pytest.raises(RuntimeError):
+            layer(torch.randn(4, 5))  # wrong input size: the layer's own forward raises
+        assert not torch.equal(layer.weight, q.mu), "after the failed call, reading the weight must give a sample"
+    layer(torch.randn(4, 3))  # a call outside any scope opens and closes its own
+    assert not torch.equal(layer.weight, q.mu)
+    with bnn.reuse_samples():
+        assert torch.equal(layer.weight, layer.weight)
+
+
+@pytest.mark.parametrize("posterior", ESTIMATORS)
+def test_compiled_estimator_model_draws_noise_and_trains(posterior: type[EstimatorPosterior]) -> None:
+    torch.compiler.reset()  # other tests' compilations count towards the recompile limit
+    torch.manual_seed(0)
+    model = _convert(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)), posterior)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # the hooks trace without graph breaks
+    x = torch.randn(5, 4)
+    first, second = compiled(x), compiled(x)
+    assert not torch.allclose(first, second)
+    with bnn.frozen(model):
+        torch.testing.assert_close(compiled(x), model(x))
+    (second.sum() + model.kl_divergence()).backward()
+    assert all(q.rho.grad is not None and q.rho.grad.abs().sum() > 0 for _, q in model.posteriors())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KLRecord", "Record", "Scope", "fresh_samples", "replay_samples", "reuse_samples"]
+__all__ = ["KLRecord", "Record", "Scope", "close_scope", "fresh_samples", "open_scope", "replay_samples", "reuse_samples"]
 
 
 @dataclass(eq=False)
@@ -75,6 +75,8 @@ class Record:
         variance (Tensor | None): ``sigma ** 2``, for an estimator posterior.
         sigma (Tensor | None): The posterior's standard deviation, where it derives one.
         kl (KLRecord | None): The KL divergence to the prior, when the draw computed it.
+        reads_mean (bool): Set while the posterior's layer runs its own forward for an estimator
+            (Flipout, local reparameterization): reads of the tensor then return the mean.
     """
 
     posterior: nn.Module
@@ -83,6 +85,7 @@ class Record:
     variance: Tensor | None = None
     sigma: Tensor | None = None
     kl: KLRecord | None = None
+    reads_mean: bool = False
 
 
 @dataclass(eq=False)
@@ -90,10 +93,11 @@ class Scope:
     """The draws of every posterior read inside one `reuse_samples` block.
 
     Records are kept apart by grad mode, so a draw made under ``torch.no_grad()`` is never handed to
-    code that needs gradients.
+    code that needs gradients. ``owner`` is the object that opened the scope with `open_scope`, if any.
     """
 
     records: dict[tuple[int, bool], Record] = field(default_factory=dict)
+    owner: object | None = None
 
     def record(self, posterior: nn.Module) -> Record:
         """Return ``posterior``'s record for the current grad mode, creating an empty one."""
@@ -217,6 +221,30 @@ def replay_samples() -> tuple[AbstractContextManager[None], AbstractContextManag
             yield
 
     return forward(), recompute()
+
+
+def open_scope(owner: object) -> Scope:
+    """Open a scope owned by ``owner`` where none is open, for a pair of hooks; `close_scope` closes it.
+
+    For code that cannot wrap a block in `reuse_samples`: a forward pre-hook opens the scope and
+    the matching forward hook closes it. Only valid while no scope is open.
+    """
+    scope = Scope(owner=owner)
+    _set_active(scope)
+    return scope
+
+
+def close_scope(scope: Scope) -> None:
+    """Close a scope opened by `open_scope`; no scope is open afterwards, as before it."""
+    if active() is scope:
+        _set_active(None)
+
+
+def _set_active(scope: Scope | None) -> None:
+    if torch.compiler.is_compiling():
+        _traced.scope = scope
+    else:
+        _active.set(scope)
 
 
 @contextmanager

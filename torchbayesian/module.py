@@ -393,6 +393,8 @@ class _PicklableModel:
             del owner._modules["parametrizations"]
             for tensor_name in names:
                 owner.register_parameter(tensor_name, nn.Parameter(torch.empty(0)))
+        for module_name, tensor_name, posterior in self.sites:  # undo what registration did; `restore` redoes it
+            posterior.on_remove(self.model.get_submodule(module_name), tensor_name)
 
     def restore(self) -> nn.Module:
         for module_name, tensor_name, posterior in self.sites:

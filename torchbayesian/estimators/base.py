@@ -5,7 +5,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, NamedTuple
+from functools import partial
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -16,34 +17,22 @@ from torchbayesian.estimators.registry import Kernel, LayerOp, find_kernel, regi
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import get_posterior
 
-__all__ = ["EstimatorPosterior", "Term", "channel_view", "rademacher", "sampled_weights"]
-
-
-class Term(NamedTuple):
-    """One tensor of a layer as an estimator sees it.
-
-    Attributes:
-        value (Tensor | None): The posterior mean for an estimator posterior; otherwise the tensor
-            as the layer reads it (a weight sample, a deterministic parameter, or ``None``).
-        posterior (EstimatorPosterior | None): The estimator posterior when it adds noise (it is
-            not `frozen`), else ``None``.
-    """
-
-    value: Tensor | None
-    posterior: EstimatorPosterior | None
+__all__ = ["EstimatorPosterior", "channel_view", "rademacher", "sampled_weights"]
 
 
 class EstimatorPosterior(GaussianPosterior):
     """Gaussian posterior on a layer's weight or bias whose noise enters through the layer's output.
 
     Parameters, priors, KL divergence, freezing and `remove_posterior` are those of
-    `GaussianPosterior`; reading ``layer.weight`` still returns a weight sample. What changes is the
-    layer's forward: on registration the posterior installs an instance-level ``forward`` on its
-    layer that computes the output from ``mu`` and ``sigma`` with `estimate`, so no weight is
-    sampled. The layer's map comes from the kernel registered for its class
-    (`register_estimator`). Removing the last estimator posterior of the layer restores its own
-    forward; when every estimator posterior of the layer is frozen the layer's own forward runs,
-    which reads the means, so frozen outputs are exactly those of the mean network.
+    `GaussianPosterior`; reading ``layer.weight`` outside the layer's call still returns a weight
+    sample. What changes is the layer's call: on registration the posterior adds a forward
+    pre-hook and a forward hook to its layer. While the layer runs its own forward, reads of its
+    estimator tensors return the means, so the layer computes its mean output; the hook then adds
+    the noise with `estimate`, from ``mu`` and ``sigma``, so no weight is sampled. The noise path
+    evaluates the layer's map with the kernel registered for its class (`register_estimator`).
+    Removing the last estimator posterior of the layer removes the hooks; when every estimator
+    posterior of the layer is frozen the hooks add nothing, so frozen outputs are exactly those
+    of the mean network.
 
     Supported layers are those with a kernel in `register_estimator`: `nn.Linear`,
     `nn.Conv1d/2d/3d` and `nn.ConvTranspose1d/2d/3d` with any constructor arguments, their lazy
@@ -62,21 +51,33 @@ class EstimatorPosterior(GaussianPosterior):
     Note:
         The estimator acts only when the layer itself is called. A parent that reads the layer's
         weight directly (``nn.MultiheadAttention`` reads ``out_proj.weight``) gets ordinary weight
-        samples, which have the same distribution.
+        samples, which have the same distribution. The posterior's hook runs before the forward
+        hooks the layer already had, so those see the noisy output; global module hooks
+        (``register_module_forward_hook``) run before it and see the mean output.
     """
 
     tensor_names: ClassVar[tuple[str, ...]] = ("weight", "bias")
+    _estimator_hooks: _EstimatorHooks | None = None
 
     @classmethod
     @abstractmethod
-    def estimate(cls, op: LayerOp, input: Tensor, weight: Term, bias: Term) -> Tensor:
-        """Return one sample of the layer's output for ``input``.
+    def estimate(
+        cls,
+        op: LayerOp,
+        input: Tensor,
+        mean: Tensor,
+        weight: EstimatorPosterior | None,
+        bias: EstimatorPosterior | None,
+    ) -> Tensor:
+        """Return one sample of the layer's output for ``input``, given its output ``mean`` at the means.
 
         Args:
             op (LayerOp): The layer's affine map with the weight and bias left open.
             input (Tensor): The layer's input.
-            weight (Term): The weight's mean or value, and its posterior if it adds noise.
-            bias (Term): The same for the bias; at least one of the two has a posterior.
+            mean (Tensor): The layer's output with each estimator tensor at its mean (and every
+                other tensor as the layer read it).
+            weight (EstimatorPosterior | None): The weight's posterior if it adds noise.
+            bias (EstimatorPosterior | None): The same for the bias; at least one of the two is given.
 
         Returns:
             Tensor: Output of the layer's shape whose per-element distribution matches the
@@ -121,24 +122,29 @@ class EstimatorPosterior(GaussianPosterior):
             )
 
     def on_register(self, module: nn.Module, name: str) -> None:
-        """Install the estimator forward on ``module`` unless its other tensor already did."""
-        if not isinstance(module.__dict__.get("forward"), _EstimatorForward):
-            kernel = find_kernel(module)
-            if kernel is None:
-                raise TypeError(f"{type(self).__name__}: no estimator kernel for {type(module).__name__}.")
-            module.forward = _EstimatorForward(module, kernel)
+        """Add the estimator hooks to ``module`` unless its other tensor's posterior already did."""
+        other = _estimator_posterior(module, _other(name))
+        if other is not None and other._estimator_hooks is not None:
+            self._estimator_hooks = other._estimator_hooks
+            return
+        kernel = find_kernel(module)
+        if kernel is None:
+            raise TypeError(f"{type(self).__name__}: no estimator kernel for {type(module).__name__}.")
+        self._estimator_hooks = _EstimatorHooks(module, kernel)
 
     def on_remove(self, module: nn.Module, name: str) -> None:
-        """Restore the layer's own forward once no estimator posterior is left on it."""
-        forward = module.__dict__.get("forward")
-        if not isinstance(forward, _EstimatorForward):
-            return
-        if any(isinstance(get_posterior(module, other), EstimatorPosterior) for other in self.tensor_names):
-            return
-        if forward.previous is None:
-            del module.forward
-        else:
-            module.forward = forward.previous
+        """Remove the estimator hooks once no estimator posterior is left on the layer."""
+        hooks, self._estimator_hooks = self._estimator_hooks, None
+        if hooks is not None and _estimator_posterior(module, _other(name)) is None:
+            hooks.remove()
+
+    def forward(self) -> Tensor:
+        """Return the tensor: the mean while the layer runs its own forward for the estimator, otherwise
+        as `VariationalPosterior.forward` (the mean when frozen, a sample otherwise)."""
+        scope = _sampling.active()
+        if scope is not None and not self.frozen and scope.record(self).reads_mean:
+            return self.mu
+        return super().forward()
 
     def perturbation(self) -> Tensor:
         """Return ``sigma * eps``: the weight noise, drawn once per sampling scope.
@@ -168,24 +174,77 @@ class EstimatorPosterior(GaussianPosterior):
         return kept
 
 
-class _EstimatorForward:
-    """The instance-level ``forward`` installed on a layer with estimator posteriors."""
+class _EstimatorHooks:
+    """The forward pre-hook and forward hook of a layer with estimator posteriors.
+
+    The pre-hook marks the layer's noisy estimator posteriors in the sampling scope (opening one if
+    none is open), so that the layer's own forward reads their means; the hook clears the marks and
+    adds the noise to the output with the posterior's `EstimatorPosterior.estimate`.
+    """
 
     def __init__(self, layer: nn.Module, kernel: Kernel) -> None:
-        self.layer = layer
         self.kernel = kernel
-        self.previous = layer.__dict__.get("forward")
         self.sample_weights = False
+        self.handles = (
+            layer.register_forward_pre_hook(self.before, with_kwargs=True),
+            layer.register_forward_hook(self.after, with_kwargs=True, always_call=True, prepend=True),
+        )
 
-    def __call__(self, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        layer = self.layer
-        weight, bias = _term(layer, "weight"), _term(layer, "bias")
-        posterior = weight.posterior if weight.posterior is not None else bias.posterior
-        if posterior is None or self.sample_weights:
-            if self.previous is not None:
-                return self.previous(input, *args, **kwargs)
-            return type(layer).forward(layer, input, *args, **kwargs)
-        return type(posterior).estimate(self.kernel(layer, input, *args, **kwargs), input, weight, bias)
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def before(self, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        noisy = [] if self.sample_weights else _noisy_posteriors(layer)
+        if not noisy:
+            return
+        scope = _sampling.active() or _sampling.open_scope(self)
+        for posterior in noisy:
+            scope.record(posterior).reads_mean = True
+
+    def after(self, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Tensor | None:
+        scope = _sampling.active()
+        if scope is None:
+            return None
+        marked = {}
+        for name in EstimatorPosterior.tensor_names:
+            posterior = _estimator_posterior(layer, name)
+            if posterior is not None and scope.record(posterior).reads_mean:
+                scope.record(posterior).reads_mean = False
+                marked[name] = posterior
+        try:
+            if not marked or output is None:
+                return None
+            input, rest, options = _split_input(args, kwargs)
+            op = self.kernel(layer, input, *rest, **options)
+            weight, bias = marked.get("weight"), marked.get("bias")
+            return type(weight or bias).estimate(op, input, output, weight, bias)
+        finally:
+            if scope.owner is self:
+                _sampling.close_scope(scope)
+
+
+def _split_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Tensor, tuple[Any, ...], dict[str, Any]]:
+    """The layer's input and its other arguments, however the layer was called."""
+    if args:
+        return args[0], args[1:], kwargs
+    options = dict(kwargs)
+    return options.pop("input"), (), options
+
+
+def _other(name: str) -> str:
+    return "bias" if name == "weight" else "weight"
+
+
+def _estimator_posterior(layer: nn.Module, name: str) -> EstimatorPosterior | None:
+    posterior = get_posterior(layer, name)
+    return posterior if isinstance(posterior, EstimatorPosterior) else None
+
+
+def _noisy_posteriors(layer: nn.Module) -> list[EstimatorPosterior]:
+    """The layer's estimator posteriors that add noise (not frozen)."""
+    found = (_estimator_posterior(layer, name) for name in EstimatorPosterior.tensor_names)
+    return [posterior for posterior in found if posterior is not None and not posterior.frozen]
 
 
 @contextmanager
@@ -197,23 +256,17 @@ def sampled_weights(module: nn.Module) -> Iterator[nn.Module]:
     reparameterization draw new noise at each call). `BayesianModule.generate` uses it to keep one
     weight sample for all the decoding steps of a sequence.
     """
-    forwards = [layer.__dict__["forward"] for layer in module.modules()
-                if isinstance(layer.__dict__.get("forward"), _EstimatorForward)]
-    states = [(forward, forward.sample_weights) for forward in forwards]
-    for forward in forwards:
-        forward.sample_weights = True
+    hooks = {id(posterior._estimator_hooks): posterior._estimator_hooks for layer in module.modules()
+             for posterior in map(partial(_estimator_posterior, layer), EstimatorPosterior.tensor_names)
+             if posterior is not None and posterior._estimator_hooks is not None}
+    states = [(hook, hook.sample_weights) for hook in hooks.values()]
+    for hook, _ in states:
+        hook.sample_weights = True
     try:
         yield module
     finally:
-        for forward, state in states:
-            forward.sample_weights = state
-
-
-def _term(layer: nn.Module, name: str) -> Term:
-    posterior = get_posterior(layer, name)
-    if isinstance(posterior, EstimatorPosterior) and not posterior.frozen:
-        return Term(posterior.mu, posterior)
-    return Term(getattr(layer, name, None), None)
+        for hook, state in states:
+            hook.sample_weights = state
 
 
 def rademacher(reference: Tensor, channel_dim: int) -> Tensor:

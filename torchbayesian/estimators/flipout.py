@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchbayesian.estimators.base import EstimatorPosterior, Term, channel_view, rademacher
+from torchbayesian.estimators.base import EstimatorPosterior, channel_view, rademacher
 from torchbayesian.estimators.registry import LayerOp
 
 __all__ = ["FlipoutPosterior"]
@@ -43,13 +43,19 @@ class FlipoutPosterior(EstimatorPosterior):
     """
 
     @classmethod
-    def estimate(cls, op: LayerOp, input: Tensor, weight: Term, bias: Term) -> Tensor:
-        """Return ``f(x; mu) + f(x * s; dW, db) * r``; see the class docstring."""
-        mean = op.apply(input, weight.value, bias.value)
+    def estimate(
+        cls,
+        op: LayerOp,
+        input: Tensor,
+        mean: Tensor,
+        weight: EstimatorPosterior | None,
+        bias: EstimatorPosterior | None,
+    ) -> Tensor:
+        """Return ``f(x; mu) + f(x * s; dW, db) * r`` from ``mean = f(x; mu)``; see the class docstring."""
         output_signs = rademacher(mean, op.channel_dim)
-        bias_noise = None if bias.posterior is None else bias.posterior.perturbation()
-        if weight.posterior is None:
+        bias_noise = None if bias is None else bias.perturbation()
+        if weight is None:
             return mean + channel_view(bias_noise, op.channel_dim) * output_signs
         input_signs = rademacher(input, op.channel_dim)
-        perturbed = op.noise(input * input_signs, weight.posterior.perturbation(), bias_noise)
+        perturbed = op.noise(input * input_signs, weight.perturbation(), bias_noise)
         return torch.addcmul(mean, perturbed, output_signs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from torchbayesian._native import ops
-from torchbayesian.estimators.base import EstimatorPosterior, Term, channel_view
+from torchbayesian.estimators.base import EstimatorPosterior, channel_view
 from torchbayesian.estimators.registry import LayerOp
 
 __all__ = ["LocalReparameterizationPosterior"]
@@ -38,14 +38,20 @@ class LocalReparameterizationPosterior(EstimatorPosterior):
     """
 
     @classmethod
-    def estimate(cls, op: LayerOp, input: Tensor, weight: Term, bias: Term) -> Tensor:
-        """Return ``f(x; mu) + sqrt(f(x**2; sigma**2)) * eps``; see the class docstring."""
-        mean = op.apply(input, weight.value, bias.value)
-        bias_variance = None if bias.posterior is None else bias.posterior.variance()
-        if weight.posterior is None:
+    def estimate(
+        cls,
+        op: LayerOp,
+        input: Tensor,
+        mean: Tensor,
+        weight: EstimatorPosterior | None,
+        bias: EstimatorPosterior | None,
+    ) -> Tensor:
+        """Return ``f(x; mu) + sqrt(f(x**2; sigma**2)) * eps`` from ``mean = f(x; mu)``; see the class docstring."""
+        bias_variance = None if bias is None else bias.variance()
+        if weight is None:
             variance = channel_view(bias_variance, op.channel_dim)
         else:
-            variance = op.noise(input.square(), weight.posterior.variance(), bias_variance)
+            variance = op.noise(input.square(), weight.variance(), bias_variance)
         if variance.shape != mean.shape:
             variance = variance.expand_as(mean)
         return ops.local_reparameterization(mean, variance, ops.draw_seed())[0]
