@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +17,7 @@ from torch.func import functional_call
 
 from torchbayesian import bnn
 from torchbayesian.estimators import EstimatorPosterior, supported_layers
+from torchbayesian.estimators.base import sampled_weights
 
 ESTIMATORS = [bnn.FlipoutPosterior, bnn.LocalReparameterizationPosterior]
 
@@ -420,3 +422,30 @@ def test_compiled_estimator_model_draws_noise_and_trains(posterior: type[Estimat
         torch.testing.assert_close(compiled(x), model(x))
     (second.sum() + model.kl_divergence()).backward()
     assert all(q.rho.grad is not None and q.rho.grad.abs().sum() > 0 for _, q in model.posteriors())
+
+
+def test_sampled_weights_applies_to_its_own_thread_only() -> None:
+    torch.manual_seed(0)
+    model = _convert(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)), bnn.FlipoutPosterior,
+                     sigma_init=0.5)
+    x = torch.randn(1, 4).expand(8, 4)  # identical examples: Flipout gives them different outputs
+    inside, done = threading.Event(), threading.Event()
+    seen: dict[str, Tensor] = {}
+
+    def generate_like() -> None:
+        with bnn.reuse_samples(), sampled_weights(model):
+            seen["sampled"] = model(x)
+            inside.set()
+            done.wait(timeout=30)
+
+    worker = threading.Thread(target=generate_like)
+    worker.start()
+    try:
+        assert inside.wait(timeout=30)
+        seen["other thread"] = model(x)  # while the worker is still inside its block
+    finally:
+        done.set()
+        worker.join()
+    assert torch.equal(seen["sampled"], seen["sampled"][:1].expand(8, 3)), "one weight sample for every example"
+    assert not torch.allclose(seen["other thread"][0], seen["other thread"][1]), "Flipout must still act elsewhere"
+    assert not torch.allclose(model(x)[0], model(x)[1]), "and after the block"

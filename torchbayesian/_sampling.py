@@ -93,11 +93,14 @@ class Scope:
     """The draws of every posterior read inside one `reuse_samples` block.
 
     Records are kept apart by grad mode, so a draw made under ``torch.no_grad()`` is never handed to
-    code that needs gradients. ``owner`` is the object that opened the scope with `open_scope`, if any.
+    code that needs gradients. ``owner`` is the object that opened the scope with `open_scope`, if
+    any; ``sampled_layers`` holds the ids of the estimator layers that read plain weight samples
+    in this scope (`torchbayesian.estimators.sampled_weights`).
     """
 
     records: dict[tuple[int, bool], Record] = field(default_factory=dict)
     owner: object | None = None
+    sampled_layers: set[int] = field(default_factory=set)
 
     def record(self, posterior: nn.Module) -> Record:
         """Return ``posterior``'s record for the current grad mode, creating an empty one."""
@@ -109,7 +112,8 @@ class Scope:
 
     def snapshot(self) -> Scope:
         """Return a copy of the scope as it stands: later draws in either do not show in the other."""
-        return Scope({key: replace(record) for key, record in self.records.items()})
+        return Scope({key: replace(record) for key, record in self.records.items()},
+                     sampled_layers=set(self.sampled_layers))
 
     def kl_records(self) -> dict[int, KLRecord]:
         """The KL divergences recorded in this scope, by posterior id (those computed with gradient first)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -184,7 +183,6 @@ class _EstimatorHooks:
 
     def __init__(self, layer: nn.Module, kernel: Kernel) -> None:
         self.kernel = kernel
-        self.sample_weights = False
         self.handles = (
             layer.register_forward_pre_hook(self.before, with_kwargs=True),
             layer.register_forward_hook(self.after, with_kwargs=True, always_call=True, prepend=True),
@@ -195,10 +193,11 @@ class _EstimatorHooks:
             handle.remove()
 
     def before(self, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        noisy = [] if self.sample_weights else _noisy_posteriors(layer)
+        scope = _sampling.active()
+        noisy = [] if scope is not None and id(layer) in scope.sampled_layers else _noisy_posteriors(layer)
         if not noisy:
             return
-        scope = _sampling.active() or _sampling.open_scope(self)
+        scope = scope or _sampling.open_scope(self)
         for posterior in noisy:
             scope.record(posterior).reads_mean = True
 
@@ -251,22 +250,22 @@ def _noisy_posteriors(layer: nn.Module) -> list[EstimatorPosterior]:
 def sampled_weights(module: nn.Module) -> Iterator[nn.Module]:
     """Run the layers of ``module`` that hold estimator posteriors with plain weight samples inside the block.
 
-    The layer's own forward then reads a sample of its weight, so that one sample drawn in an
-    enclosing `reuse_samples` block holds for every call of the layer (Flipout or the local
-    reparameterization draw new noise at each call). `BayesianModule.generate` uses it to keep one
-    weight sample for all the decoding steps of a sequence.
+    The layer's own forward then reads a sample of its weight, so that one sample drawn in the
+    block's sampling scope holds for every call of the layer (Flipout or the local
+    reparameterization draw new noise at each call). The block is (or joins) a `reuse_samples`
+    scope, so it applies to this thread and task only. `BayesianModule.generate` uses it to keep
+    one weight sample for all the decoding steps of a sequence.
     """
-    hooks = {id(posterior._estimator_hooks): posterior._estimator_hooks for layer in module.modules()
-             for posterior in map(partial(_estimator_posterior, layer), EstimatorPosterior.tensor_names)
-             if posterior is not None and posterior._estimator_hooks is not None}
-    states = [(hook, hook.sample_weights) for hook in hooks.values()]
-    for hook, _ in states:
-        hook.sample_weights = True
-    try:
-        yield module
-    finally:
-        for hook, state in states:
-            hook.sample_weights = state
+    layers = {id(layer) for layer in module.modules()
+              if any(_estimator_posterior(layer, name) is not None for name in EstimatorPosterior.tensor_names)}
+    with _sampling.reuse_samples():
+        scope = _sampling.active()
+        added = layers - scope.sampled_layers
+        scope.sampled_layers |= added
+        try:
+            yield module
+        finally:
+            scope.sampled_layers -= added
 
 
 def rademacher(reference: Tensor, channel_dim: int) -> Tensor:
