@@ -449,3 +449,15 @@ def test_sampled_weights_applies_to_its_own_thread_only() -> None:
     assert torch.equal(seen["sampled"], seen["sampled"][:1].expand(8, 3)), "one weight sample for every example"
     assert not torch.allclose(seen["other thread"][0], seen["other thread"][1]), "Flipout must still act elsewhere"
     assert not torch.allclose(model(x)[0], model(x)[1]), "and after the block"
+
+
+def test_a_tied_estimator_posterior_keeps_the_hooks_of_each_layer() -> None:
+    first, second = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+    second.weight = first.weight
+    model = _convert(nn.Sequential(first, nn.Tanh(), second), bnn.FlipoutPosterior, sigma_init=0.5)
+    assert len(list(model.posteriors())) == 1
+    bnn.remove_posterior(first, "weight")
+    assert not first._forward_hooks and not first._forward_pre_hooks
+    hidden = torch.tanh(first(torch.ones(2, 4)))  # two identical examples
+    out = second(hidden)
+    assert not torch.allclose(out[0], out[1]), "the second layer must still run Flipout"

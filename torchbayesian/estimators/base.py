@@ -56,7 +56,7 @@ class EstimatorPosterior(GaussianPosterior):
     """
 
     tensor_names: ClassVar[tuple[str, ...]] = ("weight", "bias")
-    _estimator_hooks: _EstimatorHooks | None = None
+    _estimator_hooks: tuple[_EstimatorHooks, ...] = ()  # one per layer the posterior is registered on
 
     @classmethod
     @abstractmethod
@@ -123,19 +123,26 @@ class EstimatorPosterior(GaussianPosterior):
     def on_register(self, module: nn.Module, name: str) -> None:
         """Add the estimator hooks to ``module`` unless its other tensor's posterior already did."""
         other = _estimator_posterior(module, _other(name))
-        if other is not None and other._estimator_hooks is not None:
-            self._estimator_hooks = other._estimator_hooks
-            return
-        kernel = find_kernel(module)
-        if kernel is None:
-            raise TypeError(f"{type(self).__name__}: no estimator kernel for {type(module).__name__}.")
-        self._estimator_hooks = _EstimatorHooks(module, kernel)
+        hooks = None if other is None else other._hooks_of(module)
+        if hooks is None:
+            kernel = find_kernel(module)
+            if kernel is None:
+                raise TypeError(f"{type(self).__name__}: no estimator kernel for {type(module).__name__}.")
+            hooks = _EstimatorHooks(module, kernel)
+        self._estimator_hooks = (*self._estimator_hooks, hooks)
 
     def on_remove(self, module: nn.Module, name: str) -> None:
         """Remove the estimator hooks once no estimator posterior is left on the layer."""
-        hooks, self._estimator_hooks = self._estimator_hooks, None
-        if hooks is not None and _estimator_posterior(module, _other(name)) is None:
+        hooks = self._hooks_of(module)
+        if hooks is None:
+            return
+        self._estimator_hooks = tuple(kept for kept in self._estimator_hooks if kept is not hooks)
+        if _estimator_posterior(module, _other(name)) is None:
             hooks.remove()
+
+    def _hooks_of(self, module: nn.Module) -> _EstimatorHooks | None:
+        """The hooks this posterior shares on ``module`` (a tied posterior is on several layers)."""
+        return next((hooks for hooks in self._estimator_hooks if hooks.layer is module), None)
 
     def forward(self) -> Tensor:
         """Return the tensor: the mean while the layer runs its own forward for the estimator, otherwise
@@ -182,6 +189,7 @@ class _EstimatorHooks:
     """
 
     def __init__(self, layer: nn.Module, kernel: Kernel) -> None:
+        self.layer = layer
         self.kernel = kernel
         self.handles = (
             layer.register_forward_pre_hook(self.before, with_kwargs=True),
