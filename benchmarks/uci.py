@@ -3,9 +3,10 @@
 The standard protocol of Hernandez-Lobato & Adams (2015) on any data set in the layout of the
 MC dropout experiments' ``UCI_Datasets`` folder (``data.txt``, ``index_features.txt``,
 ``index_target.txt``, ``index_train_K.txt``, ``index_test_K.txt``, directly in the data set's
-folder or in its ``data`` sub-folder as in that repository): one hidden layer of 50 ReLU units (100
-for protein, or the number in ``n_hidden.txt`` when the folder has one; ``--hidden`` overrides), inputs and targets standardised with each training split's
-statistics, Adam, mini-batches of 32, a (mean, log-variance) output. Reported in
+folder or in its ``data`` sub-folder as in that repository): one hidden layer of 50 ReLU units
+(100 for protein, or the number in ``n_hidden.txt`` when the folder has one; ``--hidden``
+overrides), inputs and targets standardised with each training split's statistics, Adam,
+mini-batches of 32, a (mean, log-variance) output. Reported in
 the original units: the test RMSE of the predictive mean and the average test log-likelihood of the
 predictive mixture ``log (1/S) sum_s N(y; mu_s, sigma_s^2)``, mean ± standard error over splits.
 

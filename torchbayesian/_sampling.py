@@ -253,19 +253,12 @@ def _set_active(scope: Scope | None) -> None:
 
 @contextmanager
 def _opened(scope: Scope | None) -> Iterator[None]:
-    if torch.compiler.is_compiling():
-        outer = getattr(_traced, "scope", None)
-        _traced.scope = scope
-        try:
-            yield
-        finally:
-            _traced.scope = outer
-        return
-    token = _active.set(scope)
+    outer = active()
+    _set_active(scope)
     try:
         yield
     finally:
-        _active.reset(token)
+        _set_active(outer)
 
 
 def find_kl(posterior: nn.Module) -> KLRecord | None:

@@ -216,8 +216,9 @@ class _EstimatorHooks:
         marked = {}
         for name in EstimatorPosterior.tensor_names:
             posterior = _estimator_posterior(layer, name)
-            if posterior is not None and scope.record(posterior).reads_mean:
-                scope.record(posterior).reads_mean = False
+            record = None if posterior is None else scope.record(posterior)
+            if record is not None and record.reads_mean:
+                record.reads_mean = False
                 marked[name] = posterior
         try:
             if not marked or output is None:
