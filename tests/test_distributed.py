@@ -133,6 +133,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     results = {"ddp": _ddp_checks(rank), "fsdp": _fsdp_checks(rank)}
     torch.save(results, Path(out) / f"rank{rank}.pt")
+    # Both ranks leave their collectives together, so neither tears down the gloo pairs (or rank 0
+    # the TCP store) while the other still uses them.
+    dist.barrier()
     dist.destroy_process_group()
 
 

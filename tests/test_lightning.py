@@ -176,7 +176,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     capture.result["validation"] = metrics
     torch.save(capture.result, Path(out) / f"rank{rank}.pt")
     # Lightning leaves its process group open; a gloo group still alive at interpreter exit can abort
-    # the worker ("terminate called without an active exception").
+    # the worker ("terminate called without an active exception"). The barrier makes both ranks
+    # tear it down together.
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
