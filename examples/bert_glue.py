@@ -5,7 +5,7 @@ loaded offline) with LoRA adapters (rank 8 on the attention queries and values o
 of its six layers, trainable classifier head) on the same data, steps, batch size and learning rate. "LoRA" is the plain
 PEFT model; "Bayesian LoRA" is `bnn.bayesian_lora` (Gaussian posterior on every ``lora_A``,
 Flipout) trained on a tempered ELBO, data loss + ``--kl-weight`` x KL / N with a KL weight of 0.01
-by default (with 400 examples the full ELBO keeps the adapter posteriors at the prior and
+by default (with a few hundred examples the full ELBO keeps the adapter posteriors at the prior and
 underfits; ``--kl-weight 1`` runs it), and predicts with the Monte Carlo mean of ``--predict-samples``
 weight samples. For every seed the script prints one line per model,
 
@@ -211,10 +211,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="32 training examples, 1 epoch, 1 seed (smoke test)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random seeds")
-    parser.add_argument("--train-size", type=int, default=400, help="training articles")
+    parser.add_argument("--train-size", type=int, default=200, help="training articles")
     parser.add_argument("--test-size", type=int, default=200, help="test articles")
     parser.add_argument("--ood-size", type=int, default=200, help="out-of-distribution texts")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs")
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (both models)")
     parser.add_argument("--kl-weight", type=float, default=0.01, help="weight of KL/N in the loss (1 = ELBO)")
