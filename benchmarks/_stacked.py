@@ -19,6 +19,9 @@ from torchbayesian import bnn
 
 LOG_2PI = math.log(2 * math.pi)
 SAMPLE_COUNTS = (1, 10, 100)  # test log-likelihood also reported with these numbers of Monte Carlo samples
+EVALUATION_ELEMENTS = 2**27
+"""Hidden activations (samples x networks x points x units) one evaluation pass may hold: 512 MB in
+float32. Larger evaluations (MC dropout with 1,000 samples on protein or year) run in several passes."""
 
 
 @dataclass(frozen=True)
@@ -252,15 +255,20 @@ def _train(method: str, options: list[Candidate], train: list[dict[str, Tensor]]
 
 @torch.no_grad()
 def _scores(model: nn.Module, method: str, x: Tensor, y: Tensor, mask: Tensor, y_mean: Tensor, y_std: Tensor,
-            samples: int) -> tuple[Tensor, Tensor]:
-    """Return per-network RMSE and mean log-likelihood (original units) of the Monte Carlo mixture."""
+            samples: int, max_elements: int = EVALUATION_ELEMENTS) -> tuple[Tensor, Tensor]:
+    """Return per-network RMSE and mean log-likelihood (original units) of the Monte Carlo mixture.
+
+    The Monte Carlo samples are drawn in passes of at most ``max_elements`` hidden activations.
+    """
     model.eval()
+    if method in ("torchbayesian", "mc_dropout"):
+        net = model.module if isinstance(model, bnn.BayesianModule) else model
+        per_pass = max(1, max_elements // (x.shape[0] * x.shape[1] * net.hidden))
     if method == "torchbayesian":
-        mean, log_var = bnn.predict(model, x, num_samples=samples, chunk_size=100)
+        mean, log_var = bnn.predict(model, x, num_samples=samples, chunk_size=min(100, per_pass))
     elif method == "mc_dropout":
-        n = x.shape[1]
-        mean, log_var = model(x.repeat(1, samples, 1))
-        mean, log_var = (t.reshape(t.shape[0], samples, n).transpose(0, 1) for t in (mean, log_var))
+        passes = [_dropout_samples(model, x, min(per_pass, samples - start)) for start in range(0, samples, per_pass)]
+        mean, log_var = (torch.cat(parts) for parts in zip(*passes))
     else:
         mean, log_var = (t.unsqueeze(0) for t in model(x))
     model.train()
@@ -272,3 +280,11 @@ def _scores(model: nn.Module, method: str, x: Tensor, y: Tensor, mask: Tensor, y
     ll = (log_mixture * mask).sum(1) / count
     rmse = (((mean.mean(0) - y).square() * mask).sum(1) / count).sqrt()
     return rmse, ll
+
+
+def _dropout_samples(model: nn.Module, x: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+    """``samples`` MC dropout passes over ``x`` ``[networks, n, features]`` as one batch; ``(mean, log_var)``
+    each ``[samples, networks, n]``."""
+    n = x.shape[1]
+    mean, log_var = model(x.repeat(1, samples, 1))
+    return tuple(t.reshape(t.shape[0], samples, n).transpose(0, 1) for t in (mean, log_var))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from benchmarks import _recipe, _stacked, uci
+from torchbayesian import bnn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,3 +136,22 @@ def test_every_method_chooses_its_learning_rate_per_split_and_each_rate_trains_i
     torch.testing.assert_close(together[1], alone[0])  # the lr=0.01 network, trained in its own model
     results = _stacked.run_method("deterministic", splits, settings)
     assert all(r["chosen"] in ("deterministic, lr=0.001", "deterministic, lr=0.01") for r in results)
+
+
+@pytest.mark.parametrize("method", ["mc_dropout", "torchbayesian"])
+def test_scores_in_several_passes_equal_one_pass(method):
+    torch.manual_seed(0)
+    net = _stacked.StackedMLP(2, 3, 4, heteroscedastic=torch.tensor([True, False]), dropout=torch.zeros(2))
+    model = _recipe.make_bayesian(net, _recipe.Recipe()) if method == "torchbayesian" else net
+    x, y = torch.randn(2, 6, 3), torch.randn(2, 6, dtype=torch.float64)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    y_mean, y_std = torch.zeros(2, 1, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64)
+    calls = []
+    net.register_forward_hook(lambda module, args, output: calls.append(output[0].shape))
+    with bnn.frozen(model):  # no noise (dropout 0, posterior means), so the passes must reproduce one pass exactly
+        one_pass = _stacked._scores(model, method, x, y, mask, y_mean, y_std, 10)
+        del calls[:]
+        several = _stacked._scores(model, method, x, y, mask, y_mean, y_std, 10, max_elements=3 * 2 * 6 * 4)
+    assert len(calls) == 4  # passes of 3, 3, 3 and 1 samples
+    for first, second in zip(one_pass, several):
+        torch.testing.assert_close(first, second)
