@@ -13,7 +13,7 @@ def test_default_keeps_the_layer_values():
     weight = layer.weight.detach().clone()
     q = bnn.register_posterior(layer, "weight")
     assert torch.equal(q.mu, weight)
-    torch.testing.assert_close(q.sigma, torch.full((2, 3), 1e-2))
+    torch.testing.assert_close(q.sigma, torch.full((2, 3), 1e-3))
 
 
 def test_constant_initialisation():

@@ -105,7 +105,7 @@ def test_default_prior_is_the_scale_mixture():
     for _, q in layer.posteriors():
         assert isinstance(q.prior, bnn.ScaleMixturePrior)
         assert (q.prior.pi.item(), q.prior.sigma1.item(), q.prior.sigma2.item()) == pytest.approx((0.5, 1.0, 0.0025))
-        torch.testing.assert_close(q.sigma, torch.full_like(q.sigma, 0.01))
+        torch.testing.assert_close(q.sigma, torch.full_like(q.sigma, 1e-3))
 
 
 def test_prior_and_posterior_keyword_arguments():

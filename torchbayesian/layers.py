@@ -65,7 +65,7 @@ class BayesianLayer(BayesianMixin):
         posterior_mu_init (float | Tensor | Callable | None): Initial posterior mean; ``None``
             keeps the torch layer's own initialisation.
         posterior_rho_init (float | Tensor | Callable | None): Initial unconstrained posterior
-            scale ($\\sigma = \\mathrm{softplus}(\\rho)$); ``None`` gives $\\sigma = 0.01$.
+            scale ($\\sigma = \\mathrm{softplus}(\\rho)$); ``None`` gives $\\sigma = 0.001$.
         freeze (bool): Start frozen: the layer uses the posterior means (call `unfreeze` to sample).
         **kwargs: The torch layer's keyword arguments.
     """

@@ -65,7 +65,7 @@ class GaussianPosterior(VariationalPosterior):
         shape: torch.Size | tuple[int, ...],
         *,
         mu_init: Init = 0.0,
-        sigma_init: float = 1e-2,
+        sigma_init: float = 1e-3,
         rho_init: Init | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
