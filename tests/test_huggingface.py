@@ -318,8 +318,10 @@ def test_trainer_rejects_bad_arguments(tmp_path) -> None:
     data = _classification_data(4)
     with pytest.raises(TypeError, match="expects a BayesianModule, got BertForSequenceClassification"):
         bnn.BayesianTrainer(hf_model, _arguments(tmp_path), train_dataset=data)
+    with pytest.warns(UserWarning, match="was made Bayesian"):
+        empty = bnn.BayesianModule(_model("bert_classifier").requires_grad_(False))
     with pytest.raises(ValueError, match="holds no posterior"):
-        bnn.BayesianTrainer(bnn.BayesianModule(hf_model, include="nothing"), _arguments(tmp_path))
+        bnn.BayesianTrainer(empty, _arguments(tmp_path))
     model = bnn.BayesianModule(_model("bert_classifier"))
     for bad in ({"num_mc_samples": 0}, {"dataset_size": -1}, {"kl_weight": float("nan")}, {"kl_weight": True}):
         with pytest.raises(ValueError, match="must be"):

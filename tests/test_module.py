@@ -75,6 +75,30 @@ def test_include_and_exclude_by_glob_and_type() -> None:
         bnn.BayesianModule(MODELS["mlp"](), include=[3])  # type: ignore[list-item]
 
 
+def test_an_include_that_selects_nothing_is_an_error_and_changes_nothing() -> None:
+    net = MODELS["mlp"]()
+    with pytest.raises(ValueError, match=r"include='head\.\*' selects no trainable floating-point parameter of "
+                                         r"Sequential; its trainable parameters are: 0\.weight, 0\.bias, 2\.weight"):
+        bnn.BayesianModule(net, include="head.*")
+    assert not bnn.is_bayesian(net)
+    net.requires_grad_(False)
+    with pytest.raises(ValueError, match="it has none"):
+        bnn.BayesianModule(net, include=nn.Linear)
+
+
+@pytest.mark.parametrize(("build", "reason"), [
+    (lambda: MODELS["mlp"]().requires_grad_(False), "it has no trainable floating-point parameter"),
+    (lambda: nn.Sequential(nn.LayerNorm(3)), "its trainable parameters all belong to normalization layers"),
+    (lambda: nn.Sequential(nn.Linear(3, 3)), "exclude=<class 'torch.nn.modules.linear.Linear'> leaves none"),
+])
+def test_a_conversion_that_makes_nothing_bayesian_warns(build, reason) -> None:
+    exclude = nn.Linear if "exclude" in reason else None
+    with pytest.warns(UserWarning, match=f"no parameter of Sequential was made Bayesian: {reason}") as caught:
+        model = bnn.BayesianModule(build(), exclude=exclude)
+    assert caught[0].filename == __file__  # reported at the user's call
+    assert list(model.posteriors()) == []
+
+
 def test_frozen_parameters_stay_untouched_and_out_of_the_kl() -> None:
     net = MODELS["mlp"]()
     net[0].weight.requires_grad_(False)

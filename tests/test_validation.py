@@ -229,8 +229,9 @@ def test_integer_parameters_cannot_be_made_bayesian(dtype: torch.dtype) -> None:
     module.counts = nn.Parameter(torch.zeros(3, dtype=dtype), requires_grad=False)
     with pytest.raises((TypeError, ValueError), match="Module.counts"):
         bnn.register_posterior(module, "counts")
-    model = bnn.BayesianModule(module)
-    assert not bnn.is_bayesian(model)  # silently kept deterministic: integer tensors are not eligible
+    with pytest.warns(UserWarning, match="no trainable floating-point parameter"):
+        model = bnn.BayesianModule(module)
+    assert not bnn.is_bayesian(model)  # kept deterministic: integer tensors are not eligible
 
 
 @SETTINGS

@@ -9,8 +9,9 @@ from typing import Any, TypeVar, overload
 from torch import nn
 
 from torchbayesian import _sampling
+from torchbayesian._selection import Filters
 from torchbayesian.mixin import BayesianMixin
-from torchbayesian.module import Filters, convert_
+from torchbayesian.module import convert_
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import PosteriorSpec, PriorSpec
 

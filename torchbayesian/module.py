@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -14,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from torchbayesian import _sampling, generation
+from torchbayesian._selection import Filters, as_patterns, check_selected_any, parameter_sites, selected_sites
 from torchbayesian.mixin import BayesianMixin
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.posteriors.gaussian import GaussianPosterior
@@ -30,20 +29,6 @@ from torchbayesian.registration import (
 )
 
 __all__ = ["BayesianModule", "frozen"]
-
-Filter = type[nn.Module] | str
-Filters = Filter | Sequence[Filter] | None
-
-_NORMALIZATION_TYPES = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.RMSNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.LocalResponseNorm,
-)
-_NORMALIZATION_NAME = re.compile(r"Norm(\d+d)?$")
-
 
 class BayesianModule(BayesianMixin, nn.Module):
     """Wrap a model and register a posterior on each of its trainable floating-point parameters.
@@ -100,7 +85,11 @@ class BayesianModule(BayesianMixin, nn.Module):
     Raises:
         TypeError: If ``module`` is not an ``nn.Module``, a filter has the wrong type, or
             ``posterior`` does not support a selected parameter and no ``fallback`` is given.
-        ValueError: If ``module`` already holds posteriors.
+        ValueError: If ``module`` already holds posteriors, or ``include`` selects no trainable
+            floating-point parameter (a typo would otherwise leave the model deterministic).
+
+    A conversion that makes nothing Bayesian without ``include`` (all parameters frozen,
+    excluded, or in normalization layers) warns with a ``UserWarning`` and leaves the model as it is.
 
     Example:
         >>> import torch
@@ -276,18 +265,20 @@ def convert_(
     fallback: PosteriorSpec | None = None,
 ) -> list[VariationalPosterior]:
     """Register posteriors on the selected parameters of ``model``; nothing changes if building one fails."""
-    include_patterns = _as_patterns(include, "include")
-    exclude_patterns = _as_patterns(exclude, "exclude")
+    include_patterns = as_patterns(include, "include")
+    exclude_patterns = as_patterns(exclude, "exclude")
     planned: list[tuple[list[tuple[nn.Module, str]], VariationalPosterior]] = []
-    for param, param_sites in _parameter_sites(model).items():
-        selected_sites = _selected_sites(param, param_sites, include_patterns, exclude_patterns)
-        if not selected_sites:
+    for param, param_sites in parameter_sites(model).items():
+        selected = selected_sites(param, param_sites, include_patterns, exclude_patterns)
+        if not selected:
             continue
-        qualified_name, _, owner, _ = selected_sites[0]
+        qualified_name, _, owner, _ = selected[0]
         chosen = _supporting_posterior(posterior, fallback, param_sites)
         built = build_posterior(chosen, param, qualified_name, dict(posterior_kwargs))
         built.prior = resolve_prior(prior, param, qualified_name, owner)
         planned.append(([(site[2], site[3]) for site in param_sites], built))
+    if not planned:
+        check_selected_any(model, include, exclude)
     for owner_sites, built in planned:
         for owner, tensor_name in owner_sites:
             attach(owner, tensor_name, built)
@@ -308,65 +299,6 @@ def _supporting_posterior(
             raise TypeError(f"{param_sites[0][0]}: {error}") from error
         return fallback
     return posterior
-
-
-def _parameter_sites(model: nn.Module) -> dict[nn.Parameter, list[tuple[str, str, nn.Module, str]]]:
-    found: dict[nn.Parameter, list[tuple[str, str, nn.Module, str]]] = {}
-    seen: set[tuple[int, str]] = set()
-    for module_name, owner in model.named_modules(remove_duplicate=False):
-        for tensor_name, param in owner._parameters.items():
-            if param is None or (id(owner), tensor_name) in seen:
-                continue
-            seen.add((id(owner), tensor_name))
-            qualified_name = f"{module_name}.{tensor_name}" if module_name else tensor_name
-            found.setdefault(param, []).append((qualified_name, module_name, owner, tensor_name))
-    return found
-
-
-def _selected_sites(
-    param: nn.Parameter,
-    param_sites: list[tuple[str, str, nn.Module, str]],
-    include: list[Filter],
-    exclude: list[Filter],
-) -> list[tuple[str, str, nn.Module, str]]:
-    """Return the names under which ``param`` is selected; a tied tensor is Bayesian if any one is.
-
-    Empty when the tensor is frozen or not floating point, or when ``exclude`` matches any of its names.
-    """
-    if not param.requires_grad or not param.is_floating_point():
-        return []
-    if any(_matches(exclude, name, module_name, owner) for name, module_name, owner, _ in param_sites):
-        return []
-    if include:
-        return [site for site in param_sites if _matches(include, site[0], site[1], site[2])]
-    return [site for site in param_sites if not is_normalization(site[2])]
-
-
-def is_normalization(module: nn.Module) -> bool:
-    """Return whether ``module`` is a normalization layer, by type or by a class name ending in ``Norm``."""
-    return isinstance(module, _NORMALIZATION_TYPES) or bool(_NORMALIZATION_NAME.search(type(module).__name__))
-
-
-def _matches(patterns: list[Filter], qualified_name: str, module_name: str, owner: nn.Module) -> bool:
-    for pattern in patterns:
-        if isinstance(pattern, str):
-            if fnmatchcase(qualified_name, pattern) or (module_name and fnmatchcase(module_name, pattern)):
-                return True
-        elif isinstance(owner, pattern):
-            return True
-    return False
-
-
-def _as_patterns(value: Filters, argument: str) -> list[Filter]:
-    if value is None:
-        return []
-    patterns = [value] if isinstance(value, (str, type)) else list(value)
-    for pattern in patterns:
-        if not (isinstance(pattern, str) or (isinstance(pattern, type) and issubclass(pattern, nn.Module))):
-            raise TypeError(
-                f"BayesianModule: {argument} entries must be nn.Module subclasses or glob strings, got {pattern!r}."
-            )
-    return patterns
 
 
 class _PicklableModel:

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from torchbayesian._math import softplus_inverse
-from torchbayesian.module import BayesianModule, Filters
+from torchbayesian._selection import Filters
+from torchbayesian.module import BayesianModule
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.priors.base import as_buffer
 from torchbayesian.priors.gaussian import GaussianPrior

@@ -26,8 +26,9 @@ from transformers.utils import can_return_loss, find_labels
 
 from torchbayesian import __version__
 from torchbayesian._sampling import reuse_samples
+from torchbayesian._selection import Filters, as_patterns
 from torchbayesian.kl import kl_divergence
-from torchbayesian.module import BayesianModule, Filters, _as_patterns
+from torchbayesian.module import BayesianModule
 from torchbayesian.predict import predict
 from torchbayesian.registration import is_bayesian
 
@@ -78,7 +79,7 @@ def transformer_policy(model: nn.Module, *, embeddings: bool = False, exclude: F
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"transformer_policy expects an nn.Module, got {type(model).__name__}.")
-    filters = _as_patterns(exclude, "exclude")
+    filters = as_patterns(exclude, "exclude")
     if embeddings:
         return {"exclude": filters}
     return {"exclude": [*filters, *_names_tied_to_embeddings(model)]}
