@@ -150,7 +150,10 @@ def test_output_marginals_match_weight_sampling(posterior: type[EstimatorPosteri
     assert (mean_gap <= 6 * standard_error).all()
     ratio = estimated.var(0) / variance
     assert ((ratio - 1).abs() <= 6 * (2 / forwards + 2 / len(sampled)) ** 0.5).all()
-    assert abs(ratio.mean().item() - 1) < 0.1
+    # The mean ratio rests on `forwards` perturbations shared by all elements: across seeds it
+    # spreads by about 0.08 (0.87 to 1.13 over eight seeds for conv-transpose3d), so 0.3 is about
+    # four standard deviations, and still fails a variance off by a factor of two either way.
+    assert abs(ratio.mean().item() - 1) < 0.3
 
 
 @pytest.mark.parametrize("case", list(LAYERS))

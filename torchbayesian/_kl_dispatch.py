@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import kl_divergence as distribution_kl
 
 __all__ = ["KLRule", "find_rule", "posterior_kl", "register_rule"]
@@ -87,7 +87,3 @@ def _monte_carlo_kl(posterior: Any, q: Any, p: Any, num_samples: int | None) -> 
     samples = torch.stack([posterior.sample_parameters() for _ in range(num_samples)])
     return (q.log_prob(samples).sum() - p.log_prob(samples).sum()) / num_samples
 
-
-def state_versions(*modules: nn.Module) -> tuple[tuple[Tensor, int], ...]:
-    """The parameters and buffers of ``modules`` with their version counters, which any in-place update bumps."""
-    return tuple((tensor, tensor._version) for module in modules for tensor in (*module.parameters(), *module.buffers()))

@@ -16,7 +16,7 @@ from torchbayesian.estimators.registry import Kernel, LayerOp, find_kernel, regi
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.registration import get_posterior
 
-__all__ = ["EstimatorPosterior", "channel_view", "rademacher", "sampled_weights"]
+__all__ = ["EstimatorPosterior", "channel_view", "rademacher", "rademacher_pair", "sampled_weights"]
 
 
 class EstimatorPosterior(GaussianPosterior):
@@ -283,11 +283,29 @@ def rademacher(reference: Tensor, channel_dim: int) -> Tensor:
     Dimensions before the channel are batch dimensions: the signs vary along the first one (the
     example) and are shared along the others (a sequence) and along spatial dimensions.
     """
+    return ops.rademacher(reference.detach().new_empty(_sign_shape(reference, channel_dim)), ops.draw_seed())
+
+
+def rademacher_pair(input: Tensor, output: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
+    """Return `rademacher` signs for a layer's ``input`` and ``output``, drawn together in one call.
+
+    Both have the dtype of ``output``; the input's and the output's batch dimensions must agree.
+    """
+    input_shape, output_shape = _sign_shape(input, channel_dim), _sign_shape(output, channel_dim)
+    examples = input_shape[0] if input.dim() > -channel_dim else 1
+    input_channels = input.shape[channel_dim]
+    signs = ops.rademacher(output.detach().new_empty(examples, input_channels + output.shape[channel_dim]),
+                           ops.draw_seed())
+    return signs[:, :input_channels].reshape(input_shape), signs[:, input_channels:].reshape(output_shape)
+
+
+def _sign_shape(reference: Tensor, channel_dim: int) -> list[int]:
+    """``[examples, 1, ..., channels, 1, ...]``: the shape of the signs for ``reference``."""
     shape = [1] * reference.dim()
     shape[channel_dim] = reference.shape[channel_dim]
     if reference.dim() > -channel_dim:
         shape[0] = reference.shape[0]
-    return ops.rademacher(reference.detach().new_empty(shape), ops.draw_seed())
+    return shape
 
 
 def channel_view(vector: Tensor, channel_dim: int) -> Tensor:

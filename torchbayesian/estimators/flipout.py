@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchbayesian.estimators.base import EstimatorPosterior, channel_view, rademacher
+from torchbayesian.estimators.base import EstimatorPosterior, channel_view, rademacher, rademacher_pair
 from torchbayesian.estimators.registry import LayerOp
 
 __all__ = ["FlipoutPosterior"]
@@ -52,10 +52,9 @@ class FlipoutPosterior(EstimatorPosterior):
         bias: EstimatorPosterior | None,
     ) -> Tensor:
         """Return ``f(x; mu) + f(x * s; dW, db) * r`` from ``mean = f(x; mu)``; see the class docstring."""
-        output_signs = rademacher(mean, op.channel_dim)
         bias_noise = None if bias is None else bias.perturbation()
         if weight is None:
-            return mean + channel_view(bias_noise, op.channel_dim) * output_signs
-        input_signs = rademacher(input, op.channel_dim)
+            return mean + channel_view(bias_noise, op.channel_dim) * rademacher(mean, op.channel_dim)
+        input_signs, output_signs = rademacher_pair(input, mean, op.channel_dim)
         perturbed = op.noise(input * input_signs, weight.perturbation(), bias_noise)
         return torch.addcmul(mean, perturbed, output_signs)
