@@ -218,6 +218,23 @@ def test_the_natural_loop_reuses_the_forwards_kl_and_recomputes_it_after_a_step(
         fresh.backward()
 
 
+@pytest.mark.parametrize("changed", ["mu", "rho", "prior.loc", "prior.scale"])
+def test_a_kl_is_computed_anew_after_any_tensor_it_read_changes_in_place(changed: str) -> None:
+    torch.manual_seed(0)
+    model = bnn.BayesianModule(nn.Linear(4, 3), sigma_init=0.1)
+    q = model.module.parametrizations.weight[0]
+    model(torch.randn(2, 4))
+    recorded = _sampling.find_kl(q)
+    assert q.kl_divergence() is recorded.value
+    owner, name = (q.prior, changed.split(".")[1]) if changed.startswith("prior.") else (q, changed)
+    with torch.no_grad():
+        getattr(owner, name).add_(0.5)
+    fresh = q.kl_divergence()
+    assert fresh is not recorded.value
+    expected = torch.distributions.kl_divergence(q.distribution, q.prior.distribution).sum()
+    torch.testing.assert_close(fresh, expected)
+
+
 def test_kl_after_backward_through_the_forward_is_computed_anew() -> None:
     model = bnn.BayesianModule(nn.Linear(4, 2))
     model(torch.randn(2, 4)).sum().backward()

@@ -23,7 +23,8 @@ class KLRecord:
         value (Tensor): The summed KL divergence.
         posterior (weakref.ref): The posterior it belongs to.
         prior (nn.Module): The prior it was computed against.
-        versions (tuple[tuple[Tensor, int], ...]): The posterior's and the prior's tensors and their versions then.
+        versions (tuple[tuple[Tensor, int], ...]): The tensors the KL was computed from, with their
+            version counters then (any in-place update, such as an optimiser step, bumps them).
         with_grad (bool): Whether ``value`` was computed with gradient tracking.
         spent (bool): Set once backward has run through ``value``, whose graph is then freed.
     """
@@ -37,17 +38,18 @@ class KLRecord:
 
     @classmethod
     def create(
-        cls, value: Tensor, posterior: nn.Module, prior: nn.Module, versions: tuple[tuple[Tensor, int], ...]
+        cls, value: Tensor, posterior: nn.Module, prior: nn.Module, inputs: tuple[Tensor, ...]
     ) -> KLRecord:
-        """Record ``value``, marking it spent as soon as backward runs through it."""
-        record = cls(value, weakref.ref(posterior), prior, versions, torch.is_grad_enabled())
+        """Record ``value``, computed from ``inputs``, marking it spent as soon as backward runs through it."""
+        record = cls(value, weakref.ref(posterior), prior, _versions(inputs), torch.is_grad_enabled())
         if value.grad_fn is not None:
             spent = weakref.ref(record)
             value.grad_fn.register_prehook(lambda grads: _mark_spent(spent))
         return record
 
-    def valid_for(self, posterior: nn.Module, prior: nn.Module, versions: tuple[tuple[Tensor, int], ...]) -> bool:
-        """Whether the record holds ``posterior``'s KL to ``prior`` for these very tensors and versions, in this grad mode."""
+    def valid_for(self, posterior: nn.Module, prior: nn.Module, inputs: tuple[Tensor, ...]) -> bool:
+        """Whether the record holds ``posterior``'s KL to ``prior`` for these very ``inputs``, unchanged, in this grad mode."""
+        versions = _versions(inputs)
         return (
             not self.spent
             and self.posterior() is posterior
@@ -56,6 +58,10 @@ class KLRecord:
             and len(self.versions) == len(versions)
             and all(a is b and u == v for (a, u), (b, v) in zip(self.versions, versions))
         )
+
+
+def _versions(tensors: tuple[Tensor, ...]) -> tuple[tuple[Tensor, int], ...]:
+    return tuple((tensor, tensor._version) for tensor in tensors)
 
 
 def _mark_spent(record: weakref.ref[KLRecord]) -> None:

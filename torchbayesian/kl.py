@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchbayesian import _sampling
 from torchbayesian._kl_dispatch import posterior_kl, register_rule
 from torchbayesian._native import ops
-from torchbayesian.posteriors.gaussian import GaussianPosterior, _gaussian_pair, gaussian_kl_versions
+from torchbayesian.posteriors.gaussian import GaussianPosterior, _gaussian_pair
 from torchbayesian.priors.gaussian import GaussianPrior
 from torchbayesian.registration import posteriors
 
@@ -69,12 +69,12 @@ def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
     seed = torch.zeros((), dtype=torch.int64)
     if torch.compiler.is_compiling():  # no version counters nor autograd hooks to trace: computed in the graph
         return ops.gaussian_draw(posterior.mu, posterior.rho, seed, prior.loc, prior.scale, ops.KL_ONLY, True)[1]
-    versions = gaussian_kl_versions(posterior, prior)
+    inputs = (posterior.mu, posterior.rho, prior.loc, prior.scale)
     recorded = _sampling.find_kl(posterior)
-    if recorded is not None and recorded.valid_for(posterior, prior, versions):
+    if recorded is not None and recorded.valid_for(posterior, prior, inputs):
         return recorded.value if torch.is_grad_enabled() else recorded.value.detach()
     _, kl = ops.gaussian_draw(posterior.mu, posterior.rho, seed, prior.loc, prior.scale, ops.KL_ONLY, True)
     scope = _sampling.active()
     if scope is not None:
-        scope.record(posterior).kl = _sampling.KLRecord.create(kl, posterior, prior, versions)
+        scope.record(posterior).kl = _sampling.KLRecord.create(kl, posterior, prior, inputs)
     return kl

@@ -179,7 +179,7 @@ class GaussianPosterior(VariationalPosterior):
         seed = ops.draw_seed() if mode != ops.VARIANCE else torch.zeros((), dtype=torch.int64)
         out, kl = ops.gaussian_draw(self.mu, self.rho, seed, loc, scale, mode, with_kl)
         if with_kl:
-            record.kl = _sampling.KLRecord.create(kl, self, prior, gaussian_kl_versions(self, prior))
+            record.kl = _sampling.KLRecord.create(kl, self, prior, (self.mu, self.rho, prior.loc, prior.scale))
         return out
 
     def set_mean_(self, value: Tensor) -> None:
@@ -209,13 +209,6 @@ def _gaussian_pair(posterior: GaussianPosterior, prior: object) -> bool:
         and type(posterior).distribution is GaussianPosterior.distribution
         and _softplus_scale(type(posterior))
     )
-
-
-def gaussian_kl_versions(posterior: GaussianPosterior, prior: GaussianPrior) -> tuple[tuple[Tensor, int], ...]:
-    """The tensors the closed-form Gaussian KL reads (``mu``, ``rho``, ``loc``, ``scale``) with their
-    version counters, which any in-place update (an optimiser step) bumps."""
-    tensors = (posterior.mu, posterior.rho, prior.loc, prior.scale)
-    return tuple((tensor, tensor._version) for tensor in tensors)
 
 
 def _initialise(tensor: Tensor, init: Init, name: str, owner: str = "GaussianPosterior") -> None:
