@@ -334,13 +334,6 @@ def test_predict_on_a_causal_lm_is_vectorised_and_gives_token_uncertainty(build)
     assert (mutual_information > 0).all() and (mutual_information <= total + 1e-6).all()
 
 
-_REENTRANT_READS_TWICE = pytest.mark.xfail(
-    strict=True,
-    reason="re-entrant checkpointing takes no context_fn: its recomputation runs outside the sampling scope, and "
-    "PEFT reads lora_A.weight (for its dtype) before calling lora_A, two reads drawn separately there",
-)
-
-
 @pytest.mark.parametrize(
     ("posterior", "use_reentrant"),
     [
@@ -348,7 +341,7 @@ _REENTRANT_READS_TWICE = pytest.mark.xfail(
         (bnn.FlipoutPosterior, True),
         (bnn.FlipoutPosterior, None),
         (bnn.GaussianPosterior, False),
-        pytest.param(bnn.GaussianPosterior, True, marks=_REENTRANT_READS_TWICE),
+        (bnn.GaussianPosterior, True),
         (bnn.GaussianPosterior, None),
     ],
     ids=lambda value: getattr(value, "__name__", f"reentrant={value}"),

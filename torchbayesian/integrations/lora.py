@@ -14,14 +14,16 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 from torch import Tensor, nn
 
+from torchbayesian import _sampling
 from torchbayesian.estimators.flipout import FlipoutPosterior
 from torchbayesian.module import BayesianModule
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.priors.gaussian import GaussianPrior
-from torchbayesian.registration import PriorSpec, get_posterior, sites
+from torchbayesian.registration import PriorSpec, get_posterior, is_bayesian, sites
 
 __all__ = ["LoraTargets", "bayesian_lora", "load_bayesian_lora"]
 
@@ -74,6 +76,11 @@ def bayesian_lora(
 
     **Merging.** ``merge_and_unload`` called on the returned module merges the posterior mean
     (``merge_and_unload`` on the inner `PeftModel` outside `frozen` would merge one weight sample).
+
+    **Sampling.** A call of a PEFT LoRA layer with a Bayesian adapter made outside any sampling
+    scope (the layer called on its own, or recomputed by re-entrant activation checkpointing)
+    opens a scope of its own, so that PEFT's read of ``lora_A.weight`` and ``lora_A``'s own call
+    see one draw, as inside the wrapper's forward.
 
     Args:
         model (nn.Module): A ``peft.PeftModel`` (or any model with PEFT LoRA layers) whose adapters
@@ -139,6 +146,7 @@ def bayesian_lora(
         for name, built in wrapped.posteriors():
             built.rho.copy_(_softplus_inverse(sigma_ratio * scales[name]))
     _install_key_hooks(model)
+    _install_scope_hooks(model)
     return wrapped
 
 
@@ -229,6 +237,37 @@ def _install_key_hooks(model: nn.Module) -> None:
         owner._bayesian_lora_keys = True
         owner.register_state_dict_post_hook(_to_peft_keys)
         owner.register_load_state_dict_pre_hook(_from_peft_keys)
+
+
+def _install_scope_hooks(model: nn.Module) -> None:
+    """Run every call of a LoRA layer with a Bayesian adapter in a sampling scope (its own if none is open).
+
+    PEFT's LoRA layer reads ``lora_A.weight`` (for its dtype) before calling ``lora_A``: two reads
+    of one tensor, which must see one sample. A `BayesianModule` forward opens a scope around
+    both, but re-entrant activation checkpointing recomputes the layer after that scope has
+    closed; the layer's own scope then gives the recomputation the forward's single draw.
+    """
+    for layer in model.modules():
+        if isinstance(layer, LoraLayer) and is_bayesian(layer) and not getattr(layer, "_bayesian_lora_scope", False):
+            layer._bayesian_lora_scope = True
+            _CallScope(layer)
+
+
+class _CallScope:
+    """A forward pre-hook that opens a sampling scope when none is open, and a forward hook that closes it."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        layer.register_forward_pre_hook(self.before)
+        layer.register_forward_hook(self.after, always_call=True)
+
+    def before(self, layer: nn.Module, args: Any) -> None:
+        if _sampling.active() is None:
+            _sampling.open_scope(self)
+
+    def after(self, layer: nn.Module, args: Any, output: Any) -> None:
+        scope = _sampling.active()
+        if scope is not None and scope.owner is self:
+            _sampling.close_scope(scope)
 
 
 def _renamed_keys(module: nn.Module) -> list[tuple[str, str, torch.Size]]:
