@@ -8,7 +8,9 @@ negative ELBO with KL weight ``1 / len(train_set)`` (``--warmup`` adds a linear 
 the Monte Carlo predictive at test time. ``--temperatures`` lists KL temperatures ``T`` (KL weight
 ``T / len(train_set)``) among which the NLL on a validation fifth of the training set chooses, per
 seed. ``--empirical-bayes`` refits each prior's scale to its posterior every epoch
-(`bnn.fit_prior_scale_`); on this data set it collapses the network, see the guide.
+(`bnn.fit_prior_scale_`); on this data set it collapses the network, see the guide. ``--posterior``
+(``flipout``, ``lrt``) and ``--prior scale-mixture`` replace the recipe's plain weight sampling and
+N(0, 1) prior; neither beats the recipe here (see the guide).
 
 For each seed the script trains the three networks and, after the last seed, prints one line per
 network with the mean ± standard error over seeds of the test accuracy, negative log-likelihood
@@ -63,10 +65,20 @@ def make_net(dropout: float = 0.0) -> nn.Module:
                          nn.Linear(128, IN_DISTRIBUTION))
 
 
-def make_model(name: str, *, dropout: float, sigma_init: float) -> nn.Module:
-    """Build one of ``MODELS``; the Bayesian one is the plain MLP made Bayesian with a small initial scale."""
+POSTERIORS = {"gaussian": bnn.GaussianPosterior, "flipout": bnn.FlipoutPosterior,
+              "lrt": bnn.LocalReparameterizationPosterior}
+PRIORS = {"gaussian": bnn.GaussianPrior, "scale-mixture": bnn.ScaleMixturePrior}
+
+
+def make_model(name: str, *, dropout: float, sigma_init: float, posterior: str = "gaussian",
+               prior: str = "gaussian") -> nn.Module:
+    """Build one of ``MODELS``; the Bayesian one is the plain MLP made Bayesian with a small initial scale.
+
+    ``posterior`` and ``prior`` name entries of `POSTERIORS` and `PRIORS` (each prior with its
+    default arguments: N(0, 1), or Blundell et al.'s mixture 0.5 N(0, 1) + 0.5 N(0, 0.0025^2)).
+    """
     if name == "bayesian":
-        return bnn.BayesianModule(make_net(), sigma_init=sigma_init)
+        return bnn.BayesianModule(make_net(), POSTERIORS[posterior], PRIORS[prior](), sigma_init=sigma_init)
     return make_net(dropout if name == "mc_dropout" else 0.0)
 
 
@@ -120,7 +132,8 @@ def log_predictive_draws(model: nn.Module, x: Tensor, *, name: str, samples: int
 
 
 def choose_temperature(data: dict[str, Tensor], *, temperatures: list[float], epochs: int, seed: int,
-                       sigma_init: float, warmup: float, samples: int) -> float:
+                       sigma_init: float, warmup: float, samples: int, posterior: str = "gaussian",
+                       prior: str = "gaussian") -> float:
     """Return the KL temperature with the best validation NLL, the validation set being 20% of the training set.
 
     Each candidate is trained on the other 80% exactly as the final network will be; the test and
@@ -134,7 +147,7 @@ def choose_temperature(data: dict[str, Tensor], *, temperatures: list[float], ep
     scores = {}
     for temperature in temperatures:
         torch.manual_seed(seed)
-        model = make_model("bayesian", dropout=0.0, sigma_init=sigma_init)
+        model = make_model("bayesian", dropout=0.0, sigma_init=sigma_init, posterior=posterior, prior=prior)
         train(model, fit, name="bayesian", epochs=epochs, seed=seed, warmup=warmup, empirical_bayes=False,
               temperature=temperature)
         probs = log_predictive_draws(model, x_val, name="bayesian", samples=samples).exp().mean(0)
@@ -218,6 +231,10 @@ def main() -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0],
                         help="KL temperatures (KL weight = T / N); with several, the validation NLL chooses one per seed")
     parser.add_argument("--sigma-init", type=float, default=1e-3, help="initial posterior scale of the Bayesian network")
+    parser.add_argument("--posterior", choices=POSTERIORS, default="gaussian",
+                        help="posterior of the Bayesian network: plain weight sampling, Flipout or local reparameterization")
+    parser.add_argument("--prior", choices=PRIORS, default="gaussian",
+                        help="prior of the Bayesian network: N(0, 1) or the scale mixture of Blundell et al. (2015)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--quick", action="store_true", help="reduced run for smoke tests (a few seconds)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="directory for the PNG files")
@@ -239,10 +256,12 @@ def main() -> None:
             temperature = 1.0
             if name == "bayesian":
                 temperature = choose_temperature(data, temperatures=args.temperatures, epochs=epochs, seed=seed,
-                                                 sigma_init=args.sigma_init, warmup=args.warmup, samples=samples)
+                                                 sigma_init=args.sigma_init, warmup=args.warmup, samples=samples,
+                                                 posterior=args.posterior, prior=args.prior)
                 chosen.append(temperature)
             torch.manual_seed(seed)
-            model = make_model(name, dropout=args.dropout, sigma_init=args.sigma_init)
+            model = make_model(name, dropout=args.dropout, sigma_init=args.sigma_init, posterior=args.posterior,
+                               prior=args.prior)
             train(model, data, name=name, epochs=epochs, seed=seed, warmup=args.warmup,
                   empirical_bayes=args.empirical_bayes, temperature=temperature)
             results[name] = evaluate(model, data, name=name, samples=samples)

@@ -76,6 +76,17 @@ def test_digits_chooses_the_kl_temperature_on_validation_data_only(monkeypatch):
                                      warmup=0.0, samples=4) == 0.3 and len(seen) == 2  # one candidate: no training
 
 
+@pytest.mark.parametrize("posterior", ["gaussian", "flipout", "lrt"])
+@pytest.mark.parametrize("prior", ["gaussian", "scale-mixture"])
+def test_digits_builds_the_posterior_and_prior_it_is_asked_for(posterior, prior):
+    digits = _import_example("digits.py")
+    model = digits.make_model("bayesian", dropout=0.0, sigma_init=1e-3, posterior=posterior, prior=prior)
+    built = [q for _, q in model.posteriors()]
+    assert len(built) == 6
+    assert all(type(q) is digits.POSTERIORS[posterior] and type(q.prior) is digits.PRIORS[prior] for q in built)
+    assert model(torch.randn(5, 64)).shape == (5, digits.IN_DISTRIBUTION)
+
+
 def _import_example(script: str):
     spec = importlib.util.spec_from_file_location(f"example_{Path(script).stem}", EXAMPLES / script)
     module = importlib.util.module_from_spec(spec)
