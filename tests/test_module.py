@@ -91,11 +91,12 @@ def test_an_include_that_selects_nothing_is_an_error_and_changes_nothing() -> No
     (lambda: nn.Sequential(nn.LayerNorm(3)), "its trainable parameters all belong to normalization layers"),
     (lambda: nn.Sequential(nn.Linear(3, 3)), "exclude=<class 'torch.nn.modules.linear.Linear'> leaves none"),
 ])
-def test_a_conversion_that_makes_nothing_bayesian_warns(build, reason) -> None:
+@pytest.mark.parametrize("convert", [bnn.BayesianModule, bnn.to_bayesian])
+def test_a_conversion_that_makes_nothing_bayesian_warns(build, reason, convert) -> None:
     exclude = nn.Linear if "exclude" in reason else None
     with pytest.warns(UserWarning, match=f"no parameter of Sequential was made Bayesian: {reason}") as caught:
-        model = bnn.BayesianModule(build(), exclude=exclude)
-    assert caught[0].filename == __file__  # reported at the user's call
+        model = convert(build(), exclude=exclude)
+    assert caught[0].filename == __file__  # reported at the user's call, whatever the entry point's depth
     assert list(model.posteriors()) == []
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
+from pathlib import Path
 
 from torch import nn
 
@@ -87,7 +89,20 @@ def check_selected_any(model: nn.Module, include: Filters, exclude: Filters) -> 
     else:
         reason = "its trainable parameters all belong to normalization layers, which stay deterministic unless included"
     warnings.warn(f"BayesianModule: no parameter of {type(model).__name__} was made Bayesian: {reason}.", UserWarning,
-                  stacklevel=4)
+                  stacklevel=_outside_the_library())
+
+
+def _outside_the_library() -> int:
+    """The ``stacklevel`` of the innermost caller outside torchbayesian, for its caller's ``warnings.warn``.
+
+    Conversions reach the warning through several public entry points (`BayesianModule`,
+    `to_bayesian`, the decorator and the Blitz-style layers), each at its own depth.
+    """
+    package = Path(__file__).resolve().parent
+    frame, level = inspect.currentframe(), 0
+    while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _is_normalization(module: nn.Module) -> bool:
