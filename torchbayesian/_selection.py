@@ -102,7 +102,7 @@ def _outside_the_library() -> int:
     frame, level = inspect.currentframe(), 0
     while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
         frame, level = frame.f_back, level + 1
-    return level
+    return max(level, 1)
 
 
 def _is_normalization(module: nn.Module) -> bool:
