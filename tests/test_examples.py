@@ -87,6 +87,25 @@ def test_digits_builds_the_posterior_and_prior_it_is_asked_for(posterior, prior)
     assert model(torch.randn(5, 64)).shape == (5, digits.IN_DISTRIBUTION)
 
 
+@pytest.mark.parametrize(("schedule", "final_lr"), [("constant", 3e-3), ("cosine", 0.0)])
+def test_digits_anneals_the_learning_rate_only_when_asked(monkeypatch, schedule, final_lr):
+    digits = _import_example("digits.py")
+    data = digits.load_data(0)
+    data = {key: value[:130] for key, value in data.items()}  # three mini-batches per epoch
+    built = []
+    real_adam = torch.optim.Adam
+
+    def recording_adam(*args, **kwargs):
+        built.append(real_adam(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(torch.optim, "Adam", recording_adam)
+    model = digits.make_model("deterministic", dropout=0.0, sigma_init=1e-3)
+    digits.train(model, data, name="deterministic", epochs=2, seed=0, warmup=0.0, empirical_bayes=False,
+                 schedule=schedule)
+    assert len(built) == 1 and built[0].param_groups[0]["lr"] == pytest.approx(final_lr, abs=1e-12)
+
+
 def _import_example(script: str):
     spec = importlib.util.spec_from_file_location(f"example_{Path(script).stem}", EXAMPLES / script)
     module = importlib.util.module_from_spec(spec)
