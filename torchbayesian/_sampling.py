@@ -234,19 +234,22 @@ def replay_samples() -> tuple[AbstractContextManager[None], AbstractContextManag
 
 
 def open_scope(owner: object) -> Scope:
-    """Open a scope owned by ``owner`` where none is open, for a pair of hooks; `close_scope` closes it.
+    """Return the open scope, or open one owned by ``owner`` when none is open; `close_scope` closes it.
 
     For code that cannot wrap a block in `reuse_samples`: a forward pre-hook opens the scope and
-    the matching forward hook closes it. Only valid while no scope is open.
+    the matching forward hook closes it.
     """
-    scope = Scope(owner=owner)
-    _set_active(scope)
+    scope = active()
+    if scope is None:
+        scope = Scope(owner=owner)
+        _set_active(scope)
     return scope
 
 
-def close_scope(scope: Scope) -> None:
-    """Close a scope opened by `open_scope`; no scope is open afterwards, as before it."""
-    if active() is scope:
+def close_scope(owner: object) -> None:
+    """Close the open scope if ``owner`` opened it with `open_scope`; otherwise leave it open."""
+    scope = active()
+    if scope is not None and scope.owner is owner:
         _set_active(None)
 
 

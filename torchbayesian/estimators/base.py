@@ -205,7 +205,7 @@ class _EstimatorHooks:
         noisy = [] if scope is not None and id(layer) in scope.sampled_layers else _noisy_posteriors(layer)
         if not noisy:
             return
-        scope = scope or _sampling.open_scope(self)
+        scope = _sampling.open_scope(self)
         for posterior in noisy:
             scope.record(posterior).reads_mean = True
 
@@ -228,8 +228,7 @@ class _EstimatorHooks:
             weight, bias = marked.get("weight"), marked.get("bias")
             return type(weight or bias).estimate(op, input, output, weight, bias)
         finally:
-            if scope.owner is self:
-                _sampling.close_scope(scope)
+            _sampling.close_scope(self)
 
 
 def _split_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Tensor, tuple[Any, ...], dict[str, Any]]:

@@ -261,13 +261,10 @@ class _CallScope:
         layer.register_forward_hook(self.after, always_call=True)
 
     def before(self, layer: nn.Module, args: Any) -> None:
-        if _sampling.active() is None:
-            _sampling.open_scope(self)
+        _sampling.open_scope(self)
 
     def after(self, layer: nn.Module, args: Any, output: Any) -> None:
-        scope = _sampling.active()
-        if scope is not None and scope.owner is self:
-            _sampling.close_scope(scope)
+        _sampling.close_scope(self)
 
 
 def _renamed_keys(module: nn.Module) -> list[tuple[str, str, torch.Size]]:
