@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +87,50 @@ def test_train_size_argument_and_kl_warmup(tmp_path: Path) -> None:
     assert weights == pytest.approx([0.0, 0.25 / 1000, 0.5 / 1000, 0.75 / 1000, 1 / 1000, 1 / 1000])
     first = record.steps[0]
     assert first["loss"] == pytest.approx(first["train/nll_step"], rel=1e-6)  # no KL in the first step
+
+
+class _LearningRates(L.Callback):
+    """Keep the learning rate each optimizer step used."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_kl_temperature_scales_the_kl_weight_and_cosine_anneals_the_rate_to_zero(tmp_path: Path) -> None:
+    record, rates = _Record(), _LearningRates()
+    module = bnn.BayesianLightningModule(_model(), train_size=1000, kl_temperature=0.1, lr=1e-2, lr_schedule="cosine")
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[record, rates], log_every_n_steps=1)
+    trainer.fit(module, DataLoader(_data(), batch_size=4))
+    steps = 2 * N // 4
+    for step in record.steps:
+        assert step["train/kl_weight_step"] == pytest.approx(0.1 / 1000)
+        assert step["loss"] == pytest.approx(step["train/nll_step"] + 0.1 * step["train/kl_step"] / 1000, rel=1e-5)
+        # The ELBO logged is the untempered one.
+        assert step["train/elbo_step"] == pytest.approx(-(step["train/nll_step"] + step["train/kl_step"] / 1000), rel=1e-5)
+    expected = [0.5 * 1e-2 * (1 + math.cos(math.pi * k / steps)) for k in range(steps)]
+    assert rates.rates == pytest.approx(expected, rel=1e-6)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_constant_schedule_keeps_the_learning_rate(tmp_path: Path) -> None:
+    rates = _LearningRates()
+    module = bnn.BayesianLightningModule(_model(), lr=1e-2)
+    _trainer(tmp_path, max_epochs=2, callbacks=[rates]).fit(module, DataLoader(_data(), batch_size=4))
+    assert rates.rates == [1e-2] * (2 * N // 4)
+
+
+@pytest.mark.parametrize("temperature", [0, -0.1, float("inf"), float("nan"), True, "0.1"])
+def test_invalid_kl_temperature_is_rejected(temperature: Any) -> None:
+    with pytest.raises(ValueError, match="kl_temperature must be a positive finite number"):
+        bnn.BayesianLightningModule(_model(), kl_temperature=temperature)
+
+
+def test_unknown_lr_schedule_is_rejected() -> None:
+    with pytest.raises(ValueError, match="lr_schedule must be one of 'constant', 'cosine', got 'linear'"):
+        bnn.BayesianLightningModule(_model(), lr_schedule="linear")
 
 
 def test_mc_validation_metrics_match_an_independent_computation(tmp_path: Path) -> None:

@@ -24,18 +24,22 @@ from torchbayesian.uncertainty import entropy
 __all__ = ["BayesianLightningModule"]
 
 _SEED_RANGE = 2**63 - 1
+_LR_SCHEDULES = ("constant", "cosine")
 
 
 class BayesianLightningModule(L.LightningModule):
     """Train a Bayesian classifier with Lightning on the ELBO; validate and test it by Monte Carlo.
 
-    **Training.** Each step minimises ``criterion(model(x), y) + w * KL / N``, with ``N`` the size of
-    the whole training set and ``w`` the KL warm-up factor (`linear_kl_warmup` over
-    ``kl_warmup_steps`` optimizer steps, then 1). ``N`` is ``train_size`` if given, otherwise the
+    **Training.** Each step minimises ``criterion(model(x), y) + T * w * KL / N``, with ``N`` the
+    size of the whole training set, ``T`` the KL temperature (``kl_temperature``, 1 for the ELBO)
+    and ``w`` the KL warm-up factor (`linear_kl_warmup` over ``kl_warmup_steps`` optimizer steps,
+    then 1). ``N`` is ``train_size`` if given, otherwise the
     length of the training dataloader's dataset, which is the whole set also under DDP (Lightning's
     ``DistributedSampler`` only splits the indices). It logs ``train/nll`` (the data term),
     ``train/kl`` (the summed KL divergence), ``train/elbo`` (the per-example ELBO,
-    $-(\\mathrm{nll} + \\mathrm{KL}/N)$), ``train/kl_weight`` ($w/N$) and ``train/loss``.
+    $-(\\mathrm{nll} + \\mathrm{KL}/N)$), ``train/kl_weight`` ($T w/N$) and ``train/loss``. ``lr_schedule="cosine"`` anneals the learning
+    rate to zero over the run, per optimizer step. The classification recipe of the guide "Getting
+    good uncertainty" is ``kl_temperature=0.1, lr_schedule="cosine"``.
 
     **Distributed.** Under Lightning's DDP strategy every rank computes the same KL and DDP averages
     the gradients, so the KL is counted once and the gradient equals the single-process gradient on
@@ -65,7 +69,10 @@ class BayesianLightningModule(L.LightningModule):
         criterion (nn.Module | None): Data loss averaged over the batch; ``None`` is cross-entropy.
         num_samples (int): Weight draws for validation and test predictions.
         kl_warmup_steps (int): Optimizer steps over which the KL weight rises linearly from 0 to 1.
+        kl_temperature (float): Factor ``T`` of the KL weight; below 1 a tempered ("cold") posterior.
         lr (float): Learning rate of the default Adam optimizer.
+        lr_schedule (str): ``"constant"``, or ``"cosine"`` to anneal the learning rate from ``lr`` to
+            0 over the trainer's optimizer steps.
         uncertainty (Callable): OOD score from the draws, called as ``uncertainty(logits,
             from_logits=True)`` on logits of shape ``[S, batch, C]``; e.g. `entropy` or
             `epistemic_uncertainty`.
@@ -74,7 +81,8 @@ class BayesianLightningModule(L.LightningModule):
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``.
-        ValueError: If ``train_size``, ``num_samples`` or ``kl_warmup_steps`` is invalid.
+        ValueError: If ``train_size``, ``num_samples``, ``kl_warmup_steps``, ``kl_temperature`` or
+            ``lr_schedule`` is invalid.
 
     Example:
         ```python
@@ -94,7 +102,9 @@ class BayesianLightningModule(L.LightningModule):
         criterion: nn.Module | None = None,
         num_samples: int = 16,
         kl_warmup_steps: int = 0,
+        kl_temperature: float = 1.0,
         lr: float = 1e-3,
+        lr_schedule: str = "constant",
         uncertainty: Callable[..., Tensor] = entropy,
         num_bins: int = 15,
         per_rank_noise: bool = True,
@@ -106,12 +116,22 @@ class BayesianLightningModule(L.LightningModule):
             _check_count(train_size, "train_size", minimum=1)
         _check_count(num_samples, "num_samples", minimum=1)
         _check_count(kl_warmup_steps, "kl_warmup_steps", minimum=0)
+        if isinstance(kl_temperature, bool) or not isinstance(kl_temperature, (int, float)) or not (
+            0 < kl_temperature < float("inf")
+        ):
+            raise ValueError(f"BayesianLightningModule: kl_temperature must be a positive finite number, got "
+                             f"{kl_temperature!r}.")
+        if lr_schedule not in _LR_SCHEDULES:
+            raise ValueError(f"BayesianLightningModule: lr_schedule must be one of {', '.join(map(repr, _LR_SCHEDULES))}, "
+                             f"got {lr_schedule!r}.")
         self.model = model
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.train_size = train_size
         self.num_samples = num_samples
         self.kl_warmup_steps = kl_warmup_steps
+        self.kl_temperature = float(kl_temperature)
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.uncertainty = uncertainty
         self.num_bins = num_bins
         self.per_rank_noise = per_rank_noise
@@ -146,8 +166,8 @@ class BayesianLightningModule(L.LightningModule):
             ) from None
 
     def kl_weight(self) -> float:
-        """Return the current weight of the KL divergence: warm-up factor / ``N``."""
-        return linear_kl_warmup(self.global_step, self.kl_warmup_steps) / self.dataset_size()
+        """Return the current weight of the KL divergence: temperature x warm-up factor / ``N``."""
+        return self.kl_temperature * linear_kl_warmup(self.global_step, self.kl_warmup_steps) / self.dataset_size()
 
     def elbo_loss(self, data_loss: Tensor) -> Tensor:
         """Return ``data_loss + kl_weight() * KL`` and log the NLL, KL, ELBO, KL weight and loss.
@@ -198,9 +218,13 @@ class BayesianLightningModule(L.LightningModule):
         """Log the test metrics over all examples (call ``super()`` when overriding)."""
         self._log_evaluation("test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Return Adam over all parameters with learning rate ``lr``."""
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+    def configure_optimizers(self) -> Any:
+        """Return Adam over all parameters with learning rate ``lr``, and the cosine schedule if asked for."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if self.lr_schedule == "constant":
+            return optimizer
+        annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": annealing, "interval": "step"}}
 
     def _collect(self, batch: Any, dataloader_idx: int) -> None:
         parts = list(batch) if isinstance(batch, (tuple, list)) else [batch]
