@@ -7,7 +7,7 @@ Importing this module imports ``lightning``; ``from torchbayesian import bnn`` d
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -33,13 +33,13 @@ class BayesianLightningModule(L.LightningModule):
     **Training.** Each step minimises ``criterion(model(x), y) + T * w * KL / N``, with ``N`` the
     size of the whole training set, ``T`` the KL temperature (``kl_temperature``, 1 for the ELBO)
     and ``w`` the KL warm-up factor (`linear_kl_warmup` over ``kl_warmup_steps`` optimizer steps,
-    then 1). ``N`` is ``train_size`` if given, otherwise the
-    length of the training dataloader's dataset, which is the whole set also under DDP (Lightning's
-    ``DistributedSampler`` only splits the indices). It logs ``train/nll`` (the data term),
-    ``train/kl`` (the summed KL divergence), ``train/elbo`` (the per-example ELBO,
-    $-(\\mathrm{nll} + \\mathrm{KL}/N)$), ``train/kl_weight`` ($T w/N$) and ``train/loss``. ``lr_schedule="cosine"`` anneals the learning
-    rate to zero over the run, per optimizer step. The classification recipe of the guide "Getting
-    good uncertainty" is ``kl_temperature=0.1, lr_schedule="cosine"``.
+    then 1). ``N`` is ``train_size`` if given, otherwise the length of the training dataloader's
+    dataset, which is the whole set also under DDP (Lightning's ``DistributedSampler`` only splits
+    the indices). It logs ``train/nll`` (the data term), ``train/kl`` (the summed KL divergence),
+    ``train/elbo`` (the per-example ELBO, $-(\\mathrm{nll} + \\mathrm{KL}/N)$), ``train/kl_weight``
+    ($T w/N$) and ``train/loss``. ``lr_schedule="cosine"`` anneals the learning rate to zero over
+    the run, per optimizer step. The classification recipe of the guide "Getting good
+    uncertainty" is ``kl_temperature=0.1, lr_schedule="cosine"``.
 
     **Distributed.** Under Lightning's DDP strategy every rank computes the same KL and DDP averages
     the gradients, so the KL is counted once and the gradient equals the single-process gradient on
@@ -104,7 +104,7 @@ class BayesianLightningModule(L.LightningModule):
         kl_warmup_steps: int = 0,
         kl_temperature: float = 1.0,
         lr: float = 1e-3,
-        lr_schedule: str = "constant",
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         uncertainty: Callable[..., Tensor] = entropy,
         num_bins: int = 15,
         per_rank_noise: bool = True,
@@ -119,11 +119,14 @@ class BayesianLightningModule(L.LightningModule):
         if isinstance(kl_temperature, bool) or not isinstance(kl_temperature, (int, float)) or not (
             0 < kl_temperature < float("inf")
         ):
-            raise ValueError(f"BayesianLightningModule: kl_temperature must be a positive finite number, got "
-                             f"{kl_temperature!r}.")
+            raise ValueError(
+                f"BayesianLightningModule: kl_temperature must be a positive finite number, got {kl_temperature!r}."
+            )
         if lr_schedule not in _LR_SCHEDULES:
-            raise ValueError(f"BayesianLightningModule: lr_schedule must be one of {', '.join(map(repr, _LR_SCHEDULES))}, "
-                             f"got {lr_schedule!r}.")
+            raise ValueError(
+                f"BayesianLightningModule: lr_schedule must be one of {', '.join(map(repr, _LR_SCHEDULES))}, "
+                f"got {lr_schedule!r}."
+            )
         self.model = model
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.train_size = train_size
