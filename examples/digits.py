@@ -22,7 +22,7 @@ positive class, FPR at 95% TPR), all from the entropy of the predictive distribu
 line saying, per metric, whether the Bayesian network beats the deterministic one. It writes a
 reliability diagram and a histogram of the uncertainty scores (first seed) as PNG files.
 
-Run: ``python examples/digits.py`` (a few minutes on 2 CPU cores; ``--quick`` for a smoke test).
+Run: ``python examples/digits.py`` (about a minute on 2 CPU cores; ``--quick`` for a smoke test).
 """
 
 from __future__ import annotations
