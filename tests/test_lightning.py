@@ -128,6 +128,12 @@ def test_invalid_kl_temperature_is_rejected(temperature: Any) -> None:
         bnn.BayesianLightningModule(_model(), kl_temperature=temperature)
 
 
+def test_cosine_schedule_without_an_end_is_rejected(tmp_path: Path) -> None:
+    module = bnn.BayesianLightningModule(_model(), lr_schedule="cosine")
+    with pytest.raises(ValueError, match="give the Trainer max_epochs or max_steps"):
+        _trainer(tmp_path, max_epochs=-1).fit(module, DataLoader(_data(), batch_size=4))
+
+
 def test_unknown_lr_schedule_is_rejected() -> None:
     with pytest.raises(ValueError, match="lr_schedule must be one of 'constant', 'cosine', got 'linear'"):
         bnn.BayesianLightningModule(_model(), lr_schedule="linear")

@@ -6,6 +6,7 @@ Importing this module imports ``lightning``; ``from torchbayesian import bnn`` d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -82,7 +83,8 @@ class BayesianLightningModule(L.LightningModule):
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``.
         ValueError: If ``train_size``, ``num_samples``, ``kl_warmup_steps``, ``kl_temperature`` or
-            ``lr_schedule`` is invalid.
+            ``lr_schedule`` is invalid; when fitting, if ``lr_schedule="cosine"`` and the Trainer
+            sets neither ``max_epochs`` nor ``max_steps``.
 
     Example:
         ```python
@@ -226,7 +228,13 @@ class BayesianLightningModule(L.LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
         if self.lr_schedule == "constant":
             return optimizer
-        annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.estimated_stepping_batches)
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ValueError(
+                "BayesianLightningModule: lr_schedule='cosine' anneals over the run, which has no end; "
+                "give the Trainer max_epochs or max_steps."
+            )
+        annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": annealing, "interval": "step"}}
 
     def _collect(self, batch: Any, dataloader_idx: int) -> None:
