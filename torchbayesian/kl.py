@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchbayesian import _sampling
 from torchbayesian._kl_dispatch import posterior_kl, register_rule
 from torchbayesian._native import ops
-from torchbayesian.posteriors.gaussian import GaussianPosterior, _gaussian_pair
+from torchbayesian.posteriors.gaussian import GaussianPosterior, _gaussian_kl_inputs, _gaussian_pair
 from torchbayesian.priors.gaussian import GaussianPrior
 from torchbayesian.registration import posteriors
 
@@ -69,7 +69,7 @@ def _gaussian_kl(posterior: GaussianPosterior, prior: GaussianPrior) -> Tensor:
     seed = torch.zeros((), dtype=torch.int64)
     if torch.compiler.is_compiling():  # no version counters nor autograd hooks to trace: computed in the graph
         return ops.gaussian_draw(posterior.mu, posterior.rho, seed, prior.loc, prior.scale, ops.KL_ONLY, True)[1]
-    inputs = (posterior.mu, posterior.rho, prior.loc, prior.scale)
+    inputs = _gaussian_kl_inputs(posterior, prior)
     recorded = _sampling.find_kl(posterior)
     if recorded is not None and recorded.valid_for(posterior, prior, inputs):
         return recorded.value if torch.is_grad_enabled() else recorded.value.detach()

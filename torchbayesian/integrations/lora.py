@@ -232,9 +232,8 @@ def _install_key_hooks(model: nn.Module) -> None:
     """Give every Bayesian LoRA matrix PEFT's key (``...lora_A.default.weight``) in the state dict."""
     owners = {id(owner): owner for _, owner, _, _ in sites(model)}
     for owner in owners.values():
-        if getattr(owner, "_bayesian_lora_keys", False):
+        if not _first_install(owner, "_bayesian_lora_keys"):
             continue
-        owner._bayesian_lora_keys = True
         owner.register_state_dict_post_hook(_to_peft_keys)
         owner.register_load_state_dict_pre_hook(_from_peft_keys)
 
@@ -248,9 +247,16 @@ def _install_scope_hooks(model: nn.Module) -> None:
     closed; the layer's own scope then gives the recomputation the forward's single draw.
     """
     for layer in model.modules():
-        if isinstance(layer, LoraLayer) and is_bayesian(layer) and not getattr(layer, "_bayesian_lora_scope", False):
-            layer._bayesian_lora_scope = True
+        if isinstance(layer, LoraLayer) and is_bayesian(layer) and _first_install(layer, "_bayesian_lora_scope"):
             _CallScope(layer)
+
+
+def _first_install(module: nn.Module, marker: str) -> bool:
+    """Mark ``module`` with ``marker``; whether it was unmarked, so that a second `bayesian_lora` call adds no hooks twice."""
+    if getattr(module, marker, False):
+        return False
+    setattr(module, marker, True)
+    return True
 
 
 class _CallScope:

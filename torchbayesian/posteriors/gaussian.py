@@ -179,7 +179,7 @@ class GaussianPosterior(VariationalPosterior):
         seed = ops.draw_seed() if mode != ops.VARIANCE else torch.zeros((), dtype=torch.int64)
         out, kl = ops.gaussian_draw(self.mu, self.rho, seed, loc, scale, mode, with_kl)
         if with_kl:
-            record.kl = _sampling.KLRecord.create(kl, self, prior, (self.mu, self.rho, prior.loc, prior.scale))
+            record.kl = _sampling.KLRecord.create(kl, self, prior, _gaussian_kl_inputs(self, prior))
         return out
 
     def set_mean_(self, value: Tensor) -> None:
@@ -209,6 +209,11 @@ def _gaussian_pair(posterior: GaussianPosterior, prior: object) -> bool:
         and type(posterior).distribution is GaussianPosterior.distribution
         and _softplus_scale(type(posterior))
     )
+
+
+def _gaussian_kl_inputs(posterior: GaussianPosterior, prior: GaussianPrior) -> tuple[Tensor, ...]:
+    """The tensors the closed-form KL of a `_gaussian_pair` reads; a recorded KL is valid while they are unchanged."""
+    return posterior.mu, posterior.rho, prior.loc, prior.scale
 
 
 def _initialise(tensor: Tensor, init: Init, name: str, owner: str = "GaussianPosterior") -> None:
