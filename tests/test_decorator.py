@@ -117,3 +117,14 @@ def test_rejects_non_module_classes():
         bnn.bayesian(int)
     with pytest.raises(TypeError, match="@bayesian decorates nn.Module subclasses"):
         bnn.bayesian(prior=bnn.GaussianPrior())(object)
+
+
+def test_a_selection_that_matches_nothing_names_the_decorator():
+    @bnn.bayesian(include="missing*")
+    class Small(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match=r"^bnn\.bayesian: include='missing\*' selects no trainable"):
+        Small()

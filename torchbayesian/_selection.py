@@ -66,8 +66,10 @@ def selected_sites(param: nn.Parameter, param_sites: list[Site], include: list[F
     return [site for site in param_sites if not _is_normalization(site[2])]
 
 
-def check_selected_any(model: nn.Module, include: Filters, exclude: Filters) -> None:
+def check_selected_any(model: nn.Module, include: Filters, exclude: Filters, caller: str) -> None:
     """Called when a conversion selected no parameter: raise if ``include`` was given, else warn.
+
+    ``caller`` (e.g. ``"BayesianModule"``) names the public entry point the messages start with.
 
     Raises:
         ValueError: If ``include`` matches no trainable floating-point parameter of ``model``.
@@ -77,7 +79,7 @@ def check_selected_any(model: nn.Module, include: Filters, exclude: Filters) -> 
     listed = ", ".join(trainable[:_LISTED_NAMES]) + (f" and {more} more" if more > 0 else "")
     if include is not None:
         raise ValueError(
-            f"BayesianModule: include={include!r}" + (f" with exclude={exclude!r}" if exclude is not None else "")
+            f"{caller}: include={include!r}" + (f" with exclude={exclude!r}" if exclude is not None else "")
             + f" selects no trainable floating-point parameter of {type(model).__name__}; "
             + (f"its trainable parameters are: {listed}." if trainable else "it has none (frozen parameters stay "
                "deterministic).")
@@ -88,7 +90,7 @@ def check_selected_any(model: nn.Module, include: Filters, exclude: Filters) -> 
         reason = f"exclude={exclude!r} leaves none of its trainable parameters ({listed})"
     else:
         reason = "its trainable parameters all belong to normalization layers, which stay deterministic unless included"
-    warnings.warn(f"BayesianModule: no parameter of {type(model).__name__} was made Bayesian: {reason}.", UserWarning,
+    warnings.warn(f"{caller}: no parameter of {type(model).__name__} was made Bayesian: {reason}.", UserWarning,
                   stacklevel=_outside_the_library())
 
 

@@ -87,7 +87,8 @@ def bayesian(
     """
 
     def convert(module: nn.Module) -> None:
-        convert_(module, posterior, prior, include=include, exclude=exclude, posterior_kwargs=posterior_kwargs)
+        convert_(module, posterior, prior, include=include, exclude=exclude, posterior_kwargs=posterior_kwargs,
+                 caller="bnn.bayesian")
 
     def decorate(target: _Module) -> _Module:
         if not (isinstance(target, type) and issubclass(target, nn.Module)):

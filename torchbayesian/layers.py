@@ -90,7 +90,8 @@ class BayesianLayer(BayesianMixin):
             posterior_kwargs["mu_init"] = posterior_mu_init
         if posterior_rho_init is not None:
             posterior_kwargs["rho_init"] = posterior_rho_init
-        convert_(module, GaussianPosterior, prior, include=None, exclude=None, posterior_kwargs=posterior_kwargs)
+        convert_(module, GaussianPosterior, prior, include=None, exclude=None, posterior_kwargs=posterior_kwargs,
+                 caller=type(self).__name__)
         if freeze:
             self.freeze()
 

@@ -127,6 +127,7 @@ class BayesianModule(BayesianMixin, nn.Module):
             exclude=exclude,
             fallback=fallback,
             posterior_kwargs=posterior_kwargs,
+            caller="BayesianModule",
         )
         self.module = module
 
@@ -262,9 +263,13 @@ def convert_(
     include: Filters,
     exclude: Filters,
     posterior_kwargs: dict[str, Any],
+    caller: str,
     fallback: PosteriorSpec | None = None,
 ) -> list[VariationalPosterior]:
-    """Register posteriors on the selected parameters of ``model``; nothing changes if building one fails."""
+    """Register posteriors on the selected parameters of ``model``; nothing changes if building one fails.
+
+    ``caller`` names the public entry point in the error or warning raised when nothing is selected.
+    """
     include_patterns = as_patterns(include, "include")
     exclude_patterns = as_patterns(exclude, "exclude")
     planned: list[tuple[list[tuple[nn.Module, str]], VariationalPosterior]] = []
@@ -278,7 +283,7 @@ def convert_(
         built.prior = resolve_prior(prior, param, qualified_name, owner)
         planned.append(([(site[2], site[3]) for site in param_sites], built))
     if not planned:
-        check_selected_any(model, include, exclude)
+        check_selected_any(model, include, exclude, caller)
     for owner_sites, built in planned:
         for owner, tensor_name in owner_sites:
             attach(owner, tensor_name, built)
