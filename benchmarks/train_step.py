@@ -3,8 +3,7 @@
 Each configuration (a model and a conversion policy) is built once per variant: the deterministic
 model, the `GaussianPosterior` model and, when the library provides them, the Flipout and local
 reparameterization models. A training step is forward, loss ``cross_entropy + KL / N``, backward
-and an Adam step (``lr=1e-3``, the same optimizer settings for every variant); the Bayesian step
-computes the loss and the KL inside one `bnn.reuse_samples` block. Each variant trains in its own
+and an Adam step (``lr=1e-3``, the same optimizer settings for every variant). Each variant trains in its own
 worker process, as a user's model would, so variants never share a heap (glibc's decisions to trim
 it depend on every allocation in the process); the workers take their steps in turn, one at a time,
 so load on a shared machine hits the variants alike. The table reports median step times, their

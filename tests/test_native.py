@@ -243,3 +243,32 @@ def test_in_place_changes_of_the_prior_and_the_parameters_are_followed() -> None
     with torch.no_grad():
         q.mu.add_(1.0)
     assert not torch.allclose(model.kl_divergence(), second)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_large_tensors_give_the_same_numbers_on_any_number_of_threads(threads) -> None:
+    n = 5 * 65536 + 77  # several spans of the kernels' split (65,536 elements at least), the last one short
+    generator = torch.Generator().manual_seed(3)
+    mu, rho = torch.randn(n, generator=generator), torch.randn(n, generator=generator) - 2
+    seed, loc, scale = torch.tensor(11), torch.tensor(0.1), torch.tensor(0.7)
+
+    def run() -> list[torch.Tensor]:
+        m, r = mu.clone().requires_grad_(), rho.clone().requires_grad_()
+        out, kl = ops.gaussian_draw(m, r, seed, loc, scale, ops.SAMPLE, True)
+        (0.3 * out.sum() + kl).backward()
+        return [out, kl, m.grad, r.grad, *ops.local_reparameterization(mu, rho.exp(), seed)]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(threads)
+        several = run()
+    finally:
+        torch.set_num_threads(before)
+    for name, single, split in zip(["out", "kl", "grad_mu", "grad_rho", "lrt", "slope"], one, several, strict=True):
+        if _native.KERNELS is not None:
+            assert torch.equal(single, split), name
+        else:  # torch splits its vectorised and scalar loops by thread, which may change the last bit
+            torch.testing.assert_close(single, split, rtol=1e-5, atol=1e-6,
+                                       msg=lambda message, name=name: f"{name}: {message}")

@@ -38,10 +38,11 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     pointer, size, seed, flag, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float
     library.tb_rademacher.argtypes = [pointer, size, seed, size]
-    library.tb_local_reparameterization.argtypes = [pointer, pointer, pointer, pointer, size, seed, size]
-    library.tb_gaussian_forward.argtypes = [pointer, pointer, pointer, size, flag, seed, size, number, pointer]
+    threads = ctypes.c_int
+    library.tb_local_reparameterization.argtypes = [pointer, pointer, pointer, pointer, size, seed, threads]
+    library.tb_gaussian_forward.argtypes = [pointer, pointer, pointer, size, flag, seed, number, pointer, threads]
     library.tb_gaussian_backward.argtypes = [
-        pointer, pointer, pointer, pointer, pointer, pointer, pointer, size, flag, number, number, number,
+        pointer, pointer, pointer, pointer, pointer, pointer, pointer, size, flag, number, number, number, threads,
     ]
     for function in (library.tb_rademacher, library.tb_local_reparameterization,
                      library.tb_gaussian_forward, library.tb_gaussian_backward):

@@ -7,6 +7,10 @@
  * affine map keyed by the call's seed and then through two different 32-bit mixing functions, whose
  * outputs the Box-Muller transform turns into two normals, so the result does not depend on how the
  * tensor is split into blocks. 32-bit multiplies vectorise where 64-bit ones (SplitMix64) do not.
+ *
+ * The exported kernels split a large tensor into spans that start at multiples of BLOCK and run them
+ * on up to `threads` OpenMP threads (torch's own OpenMP runtime, whose library the kernels' library
+ * shares), so the numbers do not depend on the number of threads either.
  */
 #include <math.h>
 #include <stddef.h>
@@ -14,6 +18,7 @@
 #include <string.h>
 
 #define BLOCK 512
+#define MIN_SPAN 65536 /* elements a thread gets at least: fewer cost more to hand out than they save */
 
 /* Function multiversioning: each exported kernel, with every function it calls inlined (flatten), is
  * compiled for several instruction sets (x86-64-v4: AVX-512; v3: AVX2 and FMA; the baseline), and the
@@ -180,9 +185,10 @@ static void softplus_block(const float *rho, float *sigma, float *tail, int64_t 
     }
 }
 
-/* Every kernel below works on elements [offset, offset + n) of a tensor (the pointers point at
- * element offset), so a tensor can be split between threads at offsets that are multiples of
- * BLOCK; the random numbers depend on the element's index only, not on the split. */
+/* tb_rademacher and the span kernels below work on elements [offset, offset + n) of a tensor (the
+ * pointers point at element offset), so a tensor can be split between threads at offsets that are
+ * multiples of BLOCK; the random numbers depend on the element's index only, not on the split. The
+ * exported kernels at the end of the file do that split. */
 
 /* Random signs: +1 or -1 with equal probability, one bit of a SplitMix64 output each. */
 TB_KERNEL void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offset) {
@@ -198,8 +204,8 @@ TB_KERNEL void tb_rademacher(float *out, int64_t n, uint64_t seed, int64_t offse
  * recovers sigma * eps from out). With sums != NULL, also the sums
  * the KL divergence to N(loc, scale^2) needs: sums[0] = sum sigma^2, sums[1] = sum (mu - loc)^2,
  * sums[2] = sum log sigma. */
-TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out, int64_t n, int mode,
-                                   uint64_t seed, int64_t offset, float loc, double *sums) {
+TB_KERNEL void gaussian_forward_span(const float *mu, const float *rho, float *out, int64_t n, int mode,
+                                     uint64_t seed, int64_t offset, float loc, double *sums) {
     double total_square = 0.0, total_deviation = 0.0, total_log = 0.0;
     float sigma[BLOCK], e[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
@@ -242,9 +248,9 @@ TB_KERNEL void tb_gaussian_forward(const float *mu, const float *rho, float *out
  * OUT_PERTURBATION. The recovery is off by at most half an ulp of out, so the data term of grad_rho,
  * grad_out * (sigma * eps) * sigmoid(rho) / sigma, is off by at most |grad_out| * ulp(out) / 2
  * (sigmoid(rho) <= softplus(rho)). grad_mu and grad_rho may be NULL when not needed. */
-TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, const float *drawn, const float *grad_out,
-                          const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
-                          float kl_grad, float loc, float prior_var) {
+TB_KERNEL void gaussian_backward_span(const float *mu, const float *rho, const float *drawn, const float *grad_out,
+                                      const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
+                                      float kl_grad, float loc, float prior_var) {
     const float c = kl_grad / prior_var;
     float sigma[BLOCK], tail[BLOCK], data[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
@@ -282,8 +288,8 @@ TB_KERNEL void tb_gaussian_backward(const float *mu, const float *rho, const flo
 
 /* Local reparameterization output: out = mean + sqrt(max(var, tiny)) * eps with fresh eps, and the
  * derivative of out in var, eps / (2 sqrt(var)) where var >= tiny, else 0 (the clamp's gradient). */
-TB_KERNEL void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
-                                 uint64_t seed, int64_t offset) {
+TB_KERNEL void local_reparameterization_span(const float *mean, const float *var, float *out, float *slope, int64_t n,
+                                             uint64_t seed, int64_t offset) {
     const float tiny = 1.17549435e-38f;
     float eps[BLOCK], std[BLOCK];
     for (int64_t start = 0; start < n; start += BLOCK) {
@@ -298,3 +304,62 @@ TB_KERNEL void tb_local_reparameterization(const float *mean, const float *var, 
         }
     }
 }
+
+/* ---------------------------------------------------------------- exported kernels: spans on threads */
+
+/* The span length for n elements on at most `threads` threads: a multiple of BLOCK, at least MIN_SPAN. */
+static int64_t span_length(int64_t n, int threads) {
+    int64_t parts = n / MIN_SPAN;
+    parts = parts > threads ? threads : parts;
+    parts = parts < 1 ? 1 : parts;
+    const int64_t per_part = (n + parts - 1) / parts;
+    return (per_part + BLOCK - 1) / BLOCK * BLOCK;
+}
+
+static inline const float *at(const float *p, int64_t offset) { return p ? p + offset : NULL; }
+static inline float *at_mut(float *p, int64_t offset) { return p ? p + offset : NULL; }
+
+/* gaussian_forward_span over [0, n); sums (3 doubles, may be NULL) adds the spans' sums in span order. */
+void tb_gaussian_forward(const float *mu, const float *rho, float *out, int64_t n, int mode, uint64_t seed,
+                         float loc, double *sums, int threads) {
+    const int64_t length = span_length(n, threads);
+    const int spans = (int)((n + length - 1) / length);
+    double partial[spans > 0 ? spans : 1][3];
+#pragma omp parallel for num_threads(spans) schedule(static, 1) if (spans > 1)
+    for (int i = 0; i < spans; i++) {
+        const int64_t offset = (int64_t)i * length, m = n - offset < length ? n - offset : length;
+        gaussian_forward_span(mu + offset, rho + offset, at_mut(out, offset), m, mode, seed, offset, loc,
+                              sums ? partial[i] : NULL);
+    }
+    if (sums) {
+        sums[0] = sums[1] = sums[2] = 0.0;
+        for (int i = 0; i < spans; i++)
+            for (int k = 0; k < 3; k++) sums[k] += partial[i][k];
+    }
+}
+
+void tb_gaussian_backward(const float *mu, const float *rho, const float *drawn, const float *grad_out,
+                          const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
+                          float kl_grad, float loc, float prior_var, int threads) {
+    const int64_t length = span_length(n, threads);
+    const int spans = (int)((n + length - 1) / length);
+#pragma omp parallel for num_threads(spans) schedule(static, 1) if (spans > 1)
+    for (int i = 0; i < spans; i++) {
+        const int64_t offset = (int64_t)i * length, m = n - offset < length ? n - offset : length;
+        gaussian_backward_span(mu + offset, rho + offset, at(drawn, offset), at(grad_out, offset),
+                               at(grad_mean, offset), at_mut(grad_mu, offset), at_mut(grad_rho, offset), m, mode,
+                               kl_grad, loc, prior_var);
+    }
+}
+
+void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
+                                 uint64_t seed, int threads) {
+    const int64_t length = span_length(n, threads);
+    const int spans = (int)((n + length - 1) / length);
+#pragma omp parallel for num_threads(spans) schedule(static, 1) if (spans > 1)
+    for (int i = 0; i < spans; i++) {
+        const int64_t offset = (int64_t)i * length, m = n - offset < length ? n - offset : length;
+        local_reparameterization_span(mean + offset, var + offset, out + offset, slope + offset, m, seed, offset);
+    }
+}
+

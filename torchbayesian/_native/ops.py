@@ -107,7 +107,7 @@ def _gaussian_draw_cpu(
     prior_loc, prior_scale = float(loc), float(scale)
     KERNELS.tb_gaussian_forward(
         address(mu), address(rho), address(out) if mode != KL_ONLY else None, mu.numel(), mode,
-        int(seed) & (2**64 - 1), 0, prior_loc, sums.data_ptr() if with_kl else None,
+        int(seed) & (2**64 - 1), prior_loc, sums.data_ptr() if with_kl else None, torch.get_num_threads(),
     )
     if not with_kl:
         return out, mu.new_zeros(())
@@ -206,6 +206,7 @@ def _gaussian_draw_backward_cpu(
         address(mu), address(rho), address(drawn) if mode in _NOISY else None,
         address(grad_out) if mode != KL_ONLY else None, address(grad_out) if mode == SAMPLE else None,
         address(grad_mu), address(grad_rho), mu.numel(), mode, float(grad_kl), float(loc), float(scale) ** 2,
+        torch.get_num_threads(),
     )
     return grad_mu, grad_rho, *_prior_gradients(mu, rho, loc, scale, grad_kl, need_prior)
 
@@ -254,7 +255,8 @@ def _local_reparameterization_cpu(mean: Tensor, variance: Tensor, seed: Tensor) 
         return _torch_local_reparameterization(mean, variance, seed)
     out, slope = torch.empty_like(mean), torch.empty_like(mean)
     KERNELS.tb_local_reparameterization(
-        address(mean), address(variance), address(out), address(slope), mean.numel(), int(seed) & (2**64 - 1), 0
+        address(mean), address(variance), address(out), address(slope), mean.numel(), int(seed) & (2**64 - 1),
+        torch.get_num_threads(),
     )
     return out, slope
 
