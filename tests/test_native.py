@@ -272,3 +272,11 @@ def test_large_tensors_give_the_same_numbers_on_any_number_of_threads(threads) -
         else:  # torch splits its vectorised and scalar loops by thread, which may change the last bit
             torch.testing.assert_close(single, split, rtol=1e-5, atol=1e-6,
                                        msg=lambda message, name=name: f"{name}: {message}")
+
+
+def test_empty_tensors_draw_nothing_and_have_zero_kl() -> None:
+    mu, rho = torch.zeros(0, requires_grad=True), torch.zeros(0, requires_grad=True)
+    out, kl = ops.gaussian_draw(mu, rho, torch.tensor(1), torch.tensor(0.0), torch.tensor(1.0), ops.SAMPLE, True)
+    (out.sum() + kl).backward()
+    assert out.shape == mu.grad.shape == rho.grad.shape == (0,) and kl.item() == 0.0
+    assert ops.local_reparameterization(torch.zeros(0), torch.ones(0), torch.tensor(2))[0].shape == (0,)

@@ -313,8 +313,11 @@ static int64_t span_length(int64_t n, int threads) {
     parts = parts > threads ? threads : parts;
     parts = parts < 1 ? 1 : parts;
     const int64_t per_part = (n + parts - 1) / parts;
-    return (per_part + BLOCK - 1) / BLOCK * BLOCK;
+    return per_part > BLOCK ? (per_part + BLOCK - 1) / BLOCK * BLOCK : BLOCK;
 }
+
+/* The number of spans of span_length(n, threads) elements: 0 for an empty tensor. */
+static int span_count(int64_t n, int64_t length) { return (int)((n + length - 1) / length); }
 
 static inline const float *at(const float *p, int64_t offset) { return p ? p + offset : NULL; }
 static inline float *at_mut(float *p, int64_t offset) { return p ? p + offset : NULL; }
@@ -323,9 +326,9 @@ static inline float *at_mut(float *p, int64_t offset) { return p ? p + offset : 
 void tb_gaussian_forward(const float *mu, const float *rho, float *out, int64_t n, int mode, uint64_t seed,
                          float loc, double *sums, int threads) {
     const int64_t length = span_length(n, threads);
-    const int spans = (int)((n + length - 1) / length);
+    const int spans = span_count(n, length);
     double partial[spans > 0 ? spans : 1][3];
-#pragma omp parallel for num_threads(spans) schedule(static, 1) if (spans > 1)
+#pragma omp parallel for num_threads(spans > 1 ? spans : 1) schedule(static, 1) if (spans > 1)
     for (int i = 0; i < spans; i++) {
         const int64_t offset = (int64_t)i * length, m = n - offset < length ? n - offset : length;
         gaussian_forward_span(mu + offset, rho + offset, at_mut(out, offset), m, mode, seed, offset, loc,
@@ -342,8 +345,8 @@ void tb_gaussian_backward(const float *mu, const float *rho, const float *drawn,
                           const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
                           float kl_grad, float loc, float prior_var, int threads) {
     const int64_t length = span_length(n, threads);
-    const int spans = (int)((n + length - 1) / length);
-#pragma omp parallel for num_threads(spans) schedule(static, 1) if (spans > 1)
+    const int spans = span_count(n, length);
+#pragma omp parallel for num_threads(spans > 1 ? spans : 1) schedule(static, 1) if (spans > 1)
     for (int i = 0; i < spans; i++) {
         const int64_t offset = (int64_t)i * length, m = n - offset < length ? n - offset : length;
         gaussian_backward_span(mu + offset, rho + offset, at(drawn, offset), at(grad_out, offset),
@@ -355,8 +358,8 @@ void tb_gaussian_backward(const float *mu, const float *rho, const float *drawn,
 void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
                                  uint64_t seed, int threads) {
     const int64_t length = span_length(n, threads);
-    const int spans = (int)((n + length - 1) / length);
-#pragma omp parallel for num_threads(spans) schedule(static, 1) if (spans > 1)
+    const int spans = span_count(n, length);
+#pragma omp parallel for num_threads(spans > 1 ? spans : 1) schedule(static, 1) if (spans > 1)
     for (int i = 0; i < spans; i++) {
         const int64_t offset = (int64_t)i * length, m = n - offset < length ? n - offset : length;
         local_reparameterization_span(mean + offset, var + offset, out + offset, slope + offset, m, seed, offset);
