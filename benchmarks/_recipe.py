@@ -20,6 +20,11 @@ from torch import nn
 
 from torchbayesian import bnn
 
+POSTERIORS = {"gaussian": bnn.GaussianPosterior, "lrt": bnn.LocalReparameterizationPosterior}
+"""Posteriors the recipe can use: one weight sample per network and mini-batch, or local reparameterization
+(independent noise per example and unit). Flipout is not offered: its signs are drawn per entry of the
+first dimension, which in a stacked model is the network, not the example."""
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -32,6 +37,7 @@ class Recipe:
     empirical_bayes: bool = False
     noise: tuple[str, ...] = ("heteroscedastic", "homoscedastic")
     temperatures: tuple[float, ...] = (1.0,)
+    posterior: str = "gaussian"
 
 
 def warmup_steps(recipe: Recipe, total_steps: int) -> int:
@@ -47,4 +53,5 @@ def make_bayesian(net: nn.Module, recipe: Recipe) -> bnn.BayesianModule:
             return bnn.GaussianPrior(0.0, torch.full((param.shape[0],) + (1,) * (param.dim() - 1), scale))
         return bnn.GaussianPrior(0.0, scale)
 
-    return bnn.BayesianModule(net, prior=prior, exclude=["log_noise"], sigma_init=recipe.sigma_init)
+    posterior = POSTERIORS[recipe.posterior]
+    return bnn.BayesianModule(net, posterior, prior, exclude=["log_noise"], sigma_init=recipe.sigma_init)

@@ -51,22 +51,41 @@ class Candidate:
     temperature: float = 1.0
 
 
+class StackedLinear(nn.Module):
+    """``networks`` affine layers in one module: ``[networks, batch, in]`` to ``[networks, batch, out]``.
+
+    Weights ``[networks, in, out]`` and biases ``[networks, 1, out]`` start as `torch.nn.Linear`'s,
+    uniform in ``±1/sqrt(in)``. Registered with `bnn.register_estimator`, so that Flipout and local
+    reparameterization posteriors apply to it.
+    """
+
+    def __init__(self, networks: int, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(_uniform(networks, inputs, outputs, fan_in=inputs))
+        self.bias = nn.Parameter(_uniform(networks, 1, outputs, fan_in=inputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+@bnn.register_estimator(StackedLinear)
+def _stacked_linear_kernel(layer: StackedLinear, x: Tensor) -> bnn.LayerOp:
+    return bnn.LayerOp(lambda inputs, weight, bias: torch.baddbmm(bias, inputs, weight), channel_dim=-1)
+
+
 class StackedMLP(nn.Module):
     """``networks`` one-hidden-layer ReLU MLPs in one module: input ``[networks, batch, features]``.
 
     Returns the predicted mean and log-variance, each ``[networks, batch]``. A heteroscedastic
     network predicts its log-variance; a homoscedastic one learns a single ``log_noise``. Each
     network may apply dropout (kept active in evaluation: MC dropout) to its input and hidden units.
-    Weights start as `torch.nn.Linear` does, uniform in ``±1/sqrt(fan_in)``.
     """
 
     def __init__(self, networks: int, inputs: int, hidden: int, *, heteroscedastic: Tensor, dropout: Tensor) -> None:
         super().__init__()
-        self.inputs, self.hidden = inputs, hidden
-        self.w1 = nn.Parameter(_uniform(networks, inputs, hidden, fan_in=inputs))
-        self.b1 = nn.Parameter(_uniform(networks, 1, hidden, fan_in=inputs))
-        self.w2 = nn.Parameter(_uniform(networks, hidden, 2, fan_in=hidden))
-        self.b2 = nn.Parameter(_uniform(networks, 1, 2, fan_in=hidden))
+        self.inputs, self.hidden_units = inputs, hidden
+        self.hidden = StackedLinear(networks, inputs, hidden)
+        self.output = StackedLinear(networks, hidden, 2)
         self.log_noise = nn.Parameter(torch.full((networks, 1), -2.0))
         self.register_buffer("heteroscedastic", heteroscedastic.reshape(networks, 1))
         self.register_buffer("keep", (1.0 - dropout).reshape(networks, 1, 1))
@@ -74,7 +93,7 @@ class StackedMLP(nn.Module):
 
     def fan_in(self, name: str) -> int:
         """Fan-in of tensor ``name`` (its layer's number of inputs)."""
-        return self.inputs if name in ("w1", "b1") else self.hidden
+        return self.inputs if name.startswith("hidden.") else self.hidden_units
 
     def _drop(self, x: Tensor) -> Tensor:
         if not self.uses_dropout:
@@ -82,8 +101,7 @@ class StackedMLP(nn.Module):
         return x * (torch.rand_like(x) < self.keep) / self.keep
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        hidden = torch.relu(torch.baddbmm(self.b1, self._drop(x), self.w1))
-        out = torch.baddbmm(self.b2, self._drop(hidden), self.w2)
+        out = self.output(self._drop(torch.relu(self.hidden(self._drop(x)))))
         log_var = torch.where(self.heteroscedastic, out[..., 1], self.log_noise.expand_as(out[..., 1]))
         return out[..., 0], log_var
 
@@ -263,7 +281,7 @@ def _scores(model: nn.Module, method: str, x: Tensor, y: Tensor, mask: Tensor, y
     model.eval()
     if method in ("torchbayesian", "mc_dropout"):
         net = model.module if isinstance(model, bnn.BayesianModule) else model
-        per_pass = max(1, max_elements // (x.shape[0] * x.shape[1] * net.hidden))
+        per_pass = max(1, max_elements // (x.shape[0] * x.shape[1] * net.hidden_units))
     if method == "torchbayesian":
         mean, log_var = bnn.predict(model, x, num_samples=samples, chunk_size=min(100, per_pass))
     elif method == "mc_dropout":

@@ -123,6 +123,8 @@ def main() -> None:
                         help="recipe: noise models, chosen per split on validation when several are given")
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(_recipe.Recipe.temperatures),
                         help="recipe: KL temperatures T (KL weight T / N), chosen per split on validation when several")
+    parser.add_argument("--posterior", choices=sorted(_recipe.POSTERIORS), default=_recipe.Recipe.posterior,
+                        help="recipe: weight sampling (gaussian) or local reparameterization (lrt)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the validation shuffles, the initialisation and the weight samples")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -141,7 +143,7 @@ def main() -> None:
                                       hidden=hidden, seed=args.seed,
                                       recipe=_recipe.Recipe(args.sigma_init, args.prior_scale, args.fan_in_prior, args.warmup,
                                                             args.empirical_bayes, tuple(args.noise),
-                                                            tuple(args.temperatures)))
+                                                            tuple(args.temperatures), args.posterior))
     print(f"recipe: {settings.recipe}")
     print(f"dataset={args.dataset} splits={len(splits)} train={n_train} test={len(splits[0]['y_test'])} "
           f"features={splits[0]['x_train'].shape[1]} hidden={hidden} epochs<={epochs} eval_every={eval_every} "

@@ -155,3 +155,19 @@ def test_scores_in_several_passes_equal_one_pass(method):
     assert len(calls) == 4  # passes of 3, 3, 3 and 1 samples
     for first, second in zip(one_pass, several):
         torch.testing.assert_close(first, second)
+
+
+def test_local_reparameterization_gives_each_example_of_each_stacked_network_its_own_noise():
+    torch.manual_seed(0)
+    net = _stacked.StackedMLP(2, 3, 4, heteroscedastic=torch.tensor([True, True]), dropout=torch.zeros(2))
+    model = _recipe.make_bayesian(net, _recipe.Recipe(posterior="lrt", sigma_init=0.3))
+    assert {type(q) for _, q in model.posteriors()} == {bnn.LocalReparameterizationPosterior}
+    layer, x = net.hidden, torch.randn(2, 1, 3).expand(2, 4000, 3)  # one input per network, repeated
+    with bnn.frozen(model):
+        mean = layer(x)
+    outputs = layer(x)  # every example gets its own noise
+    weight, bias = layer.parametrizations.weight[0], layer.parametrizations.bias[0]
+    variance = torch.baddbmm(bias.sigma.square(), x[:, :1].square(), weight.sigma.square())
+    assert outputs.shape == mean.shape == (2, 4000, 4)
+    torch.testing.assert_close(outputs.mean(1, keepdim=True), mean[:, :1], atol=0.05, rtol=0)
+    torch.testing.assert_close(outputs.var(1, keepdim=True), variance, atol=0, rtol=0.1)
