@@ -270,7 +270,8 @@ def _arguments(tmp_path, **kwargs) -> TrainingArguments:
 def test_trainer_loss_is_mean_model_loss_plus_kl_over_dataset_size(tmp_path) -> None:
     model = bnn.BayesianModule(_model("bert_classifier"))
     data = _classification_data(12)
-    trainer = bnn.BayesianTrainer(model, _arguments(tmp_path), train_dataset=data, num_mc_samples=3, kl_weight=0.5)
+    trainer = bnn.BayesianTrainer(model, _arguments(tmp_path), train_dataset=data, num_mc_samples=3,
+                                  kl_temperature=0.5)
     batch = {key: torch.stack([row[key] for row in data[:4]]) for key in data[0]}
     calls = []
     model.module.register_forward_hook(lambda module, args, out: calls.append(out.loss))
@@ -324,9 +325,15 @@ def test_trainer_rejects_bad_arguments(tmp_path) -> None:
     with pytest.raises(ValueError, match="holds no posterior"):
         bnn.BayesianTrainer(empty, _arguments(tmp_path))
     model = bnn.BayesianModule(_model("bert_classifier"))
-    for bad in ({"num_mc_samples": 0}, {"dataset_size": -1}, {"kl_weight": float("nan")}, {"kl_weight": True}):
+    for bad in ({"num_mc_samples": 0}, {"dataset_size": -1}, {"kl_temperature": float("nan")},
+                {"kl_temperature": True}, {"kl_temperature": -0.1}):
         with pytest.raises(ValueError, match="must be"):
             bnn.BayesianTrainer(model, _arguments(tmp_path), train_dataset=data, **bad)
+    with pytest.warns(FutureWarning, match="kl_weight is renamed kl_temperature"):
+        renamed = bnn.BayesianTrainer(model, _arguments(tmp_path), train_dataset=data, kl_weight=0.25)
+    assert renamed.kl_temperature == 0.25
+    with pytest.raises(TypeError, match="pass kl_temperature only"):
+        bnn.BayesianTrainer(model, _arguments(tmp_path), train_dataset=data, kl_weight=0.25, kl_temperature=0.5)
     with pytest.raises(ValueError, match="label_smoothing_factor must be 0"):
         bnn.BayesianTrainer(model, _arguments(tmp_path, label_smoothing_factor=0.1), train_dataset=data)
     with pytest.raises(ValueError, match="compute_loss_func is not supported"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,7 +109,7 @@ class BayesianTrainer(Trainer):
 
     where $\\ell(w_s)$ is the model's own loss (a mean over the batch) for the $s$-th of
     $S$ = ``num_mc_samples`` forward passes, each with fresh weights, $N$ = ``dataset_size`` and
-    $\\beta$ = ``kl_weight``. The ELBO sums the expected log-likelihood over all $N$ examples and
+    $\\beta$ = ``kl_temperature``. The ELBO sums the expected log-likelihood over all $N$ examples and
     subtracts the KL once; dividing it by $N$ gives a per-example objective whose data term the
     batch mean estimates without bias, so the KL must be divided by $N$ too, not by the batch size
     or the number of steps. For a language-model loss averaged over tokens, pass the number of
@@ -138,7 +139,9 @@ class BayesianTrainer(Trainer):
         *trainer_args: More positional arguments of `Trainer` (``data_collator``, ``train_dataset``...).
         num_mc_samples (int): Forward passes averaged per step, $S$.
         dataset_size (int | None): Number of training examples $N$; ``len(train_dataset)`` by default.
-        kl_weight (float): Multiplier $\\beta$ of the KL term (1 for the ELBO; smaller values temper it).
+        kl_temperature (float): Multiplier $\\beta$ of ``KL / N`` (1 for the ELBO; smaller values temper
+            it), named as in `BayesianLightningModule` and the guide "Getting good uncertainty".
+        kl_weight (float | None): Deprecated name of ``kl_temperature``; passing it warns.
         num_eval_samples (int): Weight samples averaged in evaluation and ``Trainer.predict``
             (`bnn.predict`, vectorised where possible). The returned logits are the log of the
             Monte Carlo mean probability $\\log \\frac{1}{S}\\sum_s \\mathrm{softmax}(z_s)$, so
@@ -180,8 +183,9 @@ class BayesianTrainer(Trainer):
         *trainer_args: Any,
         num_mc_samples: int = 1,
         dataset_size: int | None = None,
-        kl_weight: float = 1.0,
+        kl_temperature: float = 1.0,
         num_eval_samples: int = 8,
+        kl_weight: float | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         if not isinstance(model, BayesianModule):
@@ -194,11 +198,17 @@ class BayesianTrainer(Trainer):
         self.num_mc_samples = _positive_int(num_mc_samples, "num_mc_samples")
         self.num_eval_samples = _positive_int(num_eval_samples, "num_eval_samples")
         self.dataset_size = None if dataset_size is None else _positive_int(dataset_size, "dataset_size")
-        if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or not (
-            math.isfinite(kl_weight) and kl_weight >= 0
+        if kl_weight is not None:
+            if kl_temperature != 1.0:
+                raise TypeError("BayesianTrainer: pass kl_temperature only (kl_weight is its deprecated name).")
+            warnings.warn("BayesianTrainer: kl_weight is renamed kl_temperature (the multiplier of KL / N); "
+                          "kl_weight will be removed.", FutureWarning, stacklevel=2)
+            kl_temperature = kl_weight
+        if isinstance(kl_temperature, bool) or not isinstance(kl_temperature, (int, float)) or not (
+            math.isfinite(kl_temperature) and kl_temperature >= 0
         ):
-            raise ValueError(f"BayesianTrainer: kl_weight must be a finite number >= 0, got {kl_weight!r}.")
-        self.kl_weight = float(kl_weight)
+            raise ValueError(f"BayesianTrainer: kl_temperature must be a finite number >= 0, got {kl_temperature!r}.")
+        self.kl_temperature = float(kl_temperature)
         if trainer_kwargs.get("compute_loss_func") is not None:
             raise ValueError(
                 "BayesianTrainer: compute_loss_func is not supported; the data term is the loss the model "
@@ -222,7 +232,7 @@ class BayesianTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor | tuple[Tensor, Any]:
-        """Return the mean model loss over ``num_mc_samples`` forwards, plus ``kl_weight * KL / dataset_size`` in training."""
+        """Return the mean model loss over ``num_mc_samples`` forwards, plus ``kl_temperature * KL / dataset_size`` in training."""
         losses = []
         outputs = None
         for _ in range(self.num_mc_samples):
@@ -231,7 +241,7 @@ class BayesianTrainer(Trainer):
             losses.append(_loss_of(outputs, type(self.model.module).__name__))
         loss = torch.stack(losses).mean()
         if model.training:
-            loss = loss + self.kl_weight * kl_divergence(model) / self._dataset_size()
+            loss = loss + self.kl_temperature * kl_divergence(model) / self._dataset_size()
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(
