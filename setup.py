@@ -28,18 +28,14 @@ class OptionalBuildExt(build_ext):
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-            return
         except Exception as error:  # noqa: BLE001
-            if not _OPENMP:
+            if not set(_OPENMP) & set(ext.extra_compile_args):
                 _LOG.warning("torchbayesian: C kernels not built (%s); the torch implementation will be used.", error)
                 return
             _LOG.warning("torchbayesian: C kernels not built with OpenMP (%s); building them single-threaded.", error)
-        ext.extra_compile_args = [flag for flag in ext.extra_compile_args if flag not in _OPENMP]
-        ext.extra_link_args = [flag for flag in ext.extra_link_args if flag not in _OPENMP]
-        try:
-            super().build_extension(ext)
-        except Exception as error:  # noqa: BLE001
-            _LOG.warning("torchbayesian: C kernels not built (%s); the torch implementation will be used.", error)
+            ext.extra_compile_args = [flag for flag in ext.extra_compile_args if flag not in _OPENMP]
+            ext.extra_link_args = [flag for flag in ext.extra_link_args if flag not in _OPENMP]
+            self.build_extension(ext)
 
 
 setup(
