@@ -247,7 +247,7 @@ def test_in_place_changes_of_the_prior_and_the_parameters_are_followed() -> None
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_large_tensors_give_the_same_numbers_on_any_number_of_threads(threads) -> None:
-    n = 5 * 65536 + 77  # several spans of the kernels' split (65,536 elements at least), the last one short
+    n = 5 * 65536 + 77  # one span per thread (at least 8,192 elements each), the last one short
     generator = torch.Generator().manual_seed(3)
     mu, rho = torch.randn(n, generator=generator), torch.randn(n, generator=generator) - 2
     seed, loc, scale = torch.tensor(11), torch.tensor(0.1), torch.tensor(0.7)

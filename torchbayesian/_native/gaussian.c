@@ -18,7 +18,7 @@
 #include <string.h>
 
 #define BLOCK 512
-#define MIN_SPAN 65536 /* elements a thread gets at least: fewer cost more to hand out than they save */
+#define MIN_SPAN 8192 /* elements a thread gets at least: fewer cost more to hand out than they save */
 
 /* Function multiversioning: each exported kernel, with every function it calls inlined (flatten), is
  * compiled for several instruction sets (x86-64-v4: AVX-512; v3: AVX2 and FMA; the baseline), and the
