@@ -307,17 +307,27 @@ TB_KERNEL void local_reparameterization_span(const float *mean, const float *var
 
 /* ---------------------------------------------------------------- exported kernels: spans on threads */
 
-/* The span length for n elements on at most `threads` threads: a multiple of BLOCK, at least MIN_SPAN. */
-static int64_t span_length(int64_t n, int threads) {
+/* How [0, n) is split for at most `threads` threads: `count` spans (0 for an empty tensor) of `length`
+ * elements, a multiple of BLOCK and at least MIN_SPAN unless n is smaller, span i starting at i * length. */
+typedef struct {
+    int64_t length;
+    int count;
+} Spans;
+
+static Spans split(int64_t n, int threads) {
     int64_t parts = n / MIN_SPAN;
     parts = parts > threads ? threads : parts;
     parts = parts < 1 ? 1 : parts;
     const int64_t per_part = (n + parts - 1) / parts;
-    return per_part > BLOCK ? (per_part + BLOCK - 1) / BLOCK * BLOCK : BLOCK;
+    const int64_t length = per_part > BLOCK ? (per_part + BLOCK - 1) / BLOCK * BLOCK : BLOCK;
+    return (Spans){length, (int)((n + length - 1) / length)};
 }
 
-/* The number of spans of span_length(n, threads) elements: 0 for an empty tensor. */
-static int span_count(int64_t n, int64_t length) { return (int)((n + length - 1) / length); }
+/* The number of elements of span i. */
+static inline int64_t span_size(Spans spans, int i, int64_t n) {
+    const int64_t rest = n - (int64_t)i * spans.length;
+    return rest < spans.length ? rest : spans.length;
+}
 
 static inline const float *at(const float *p, int64_t offset) { return p ? p + offset : NULL; }
 static inline float *at_mut(float *p, int64_t offset) { return p ? p + offset : NULL; }
@@ -325,18 +335,17 @@ static inline float *at_mut(float *p, int64_t offset) { return p ? p + offset : 
 /* gaussian_forward_span over [0, n); sums (3 doubles, may be NULL) adds the spans' sums in span order. */
 void tb_gaussian_forward(const float *mu, const float *rho, float *out, int64_t n, int mode, uint64_t seed,
                          float loc, double *sums, int threads) {
-    const int64_t length = span_length(n, threads);
-    const int spans = span_count(n, length);
-    double partial[spans > 0 ? spans : 1][3];
-#pragma omp parallel for num_threads(spans > 1 ? spans : 1) schedule(static, 1) if (spans > 1)
-    for (int i = 0; i < spans; i++) {
-        const int64_t offset = (int64_t)i * length, m = n - offset < length ? n - offset : length;
+    const Spans spans = split(n, threads);
+    double partial[spans.count > 0 ? spans.count : 1][3];
+#pragma omp parallel for num_threads(spans.count > 1 ? spans.count : 1) schedule(static, 1) if (spans.count > 1)
+    for (int i = 0; i < spans.count; i++) {
+        const int64_t offset = (int64_t)i * spans.length, m = span_size(spans, i, n);
         gaussian_forward_span(mu + offset, rho + offset, at_mut(out, offset), m, mode, seed, offset, loc,
                               sums ? partial[i] : NULL);
     }
     if (sums) {
         sums[0] = sums[1] = sums[2] = 0.0;
-        for (int i = 0; i < spans; i++)
+        for (int i = 0; i < spans.count; i++)
             for (int k = 0; k < 3; k++) sums[k] += partial[i][k];
     }
 }
@@ -344,11 +353,10 @@ void tb_gaussian_forward(const float *mu, const float *rho, float *out, int64_t 
 void tb_gaussian_backward(const float *mu, const float *rho, const float *drawn, const float *grad_out,
                           const float *grad_mean, float *grad_mu, float *grad_rho, int64_t n, int mode,
                           float kl_grad, float loc, float prior_var, int threads) {
-    const int64_t length = span_length(n, threads);
-    const int spans = span_count(n, length);
-#pragma omp parallel for num_threads(spans > 1 ? spans : 1) schedule(static, 1) if (spans > 1)
-    for (int i = 0; i < spans; i++) {
-        const int64_t offset = (int64_t)i * length, m = n - offset < length ? n - offset : length;
+    const Spans spans = split(n, threads);
+#pragma omp parallel for num_threads(spans.count > 1 ? spans.count : 1) schedule(static, 1) if (spans.count > 1)
+    for (int i = 0; i < spans.count; i++) {
+        const int64_t offset = (int64_t)i * spans.length, m = span_size(spans, i, n);
         gaussian_backward_span(mu + offset, rho + offset, at(drawn, offset), at(grad_out, offset),
                                at(grad_mean, offset), at_mut(grad_mu, offset), at_mut(grad_rho, offset), m, mode,
                                kl_grad, loc, prior_var);
@@ -357,11 +365,10 @@ void tb_gaussian_backward(const float *mu, const float *rho, const float *drawn,
 
 void tb_local_reparameterization(const float *mean, const float *var, float *out, float *slope, int64_t n,
                                  uint64_t seed, int threads) {
-    const int64_t length = span_length(n, threads);
-    const int spans = span_count(n, length);
-#pragma omp parallel for num_threads(spans > 1 ? spans : 1) schedule(static, 1) if (spans > 1)
-    for (int i = 0; i < spans; i++) {
-        const int64_t offset = (int64_t)i * length, m = n - offset < length ? n - offset : length;
+    const Spans spans = split(n, threads);
+#pragma omp parallel for num_threads(spans.count > 1 ? spans.count : 1) schedule(static, 1) if (spans.count > 1)
+    for (int i = 0; i < spans.count; i++) {
+        const int64_t offset = (int64_t)i * spans.length, m = span_size(spans, i, n);
         local_reparameterization_span(mean + offset, var + offset, out + offset, slope + offset, m, seed, offset);
     }
 }
