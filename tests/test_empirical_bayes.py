@@ -131,6 +131,6 @@ def test_the_fit_is_saved_with_the_state_dict():
 def test_bad_arguments_are_rejected():
     with pytest.raises(TypeError, match="fit_prior_scale_ expects an nn.Module"):
         bnn.fit_prior_scale_(torch.zeros(2))
-    for bad in (0.0, -1.0, True, "1"):
-        with pytest.raises(ValueError, match="min_scale must be a positive float"):
+    for bad in (0.0, -1.0, float("inf"), float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="min_scale must be a finite positive number"):
             bnn.fit_prior_scale_(nn.Linear(2, 2), min_scale=bad)

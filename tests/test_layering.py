@@ -9,8 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "torchbayesian"
 
 # Lower layers never import higher ones; modules of one layer may import each other without cycles.
 LAYERS = [
-    {"_math", "_kl_dispatch", "_sampling", "_selection", "_native", "_native.ops", "_native.convolution", "calibration",
-     "uncertainty", "distributed"},
+    {"_math", "_kl_dispatch", "_sampling", "_selection", "_validation", "_native", "_native.ops", "_native.convolution",
+     "calibration", "uncertainty", "distributed"},
     {"priors", "priors.base", "priors.distribution", "priors.gaussian", "priors.laplace", "priors.scale_mixture"},
     {"posteriors", "posteriors.base", "posteriors.gaussian", "posteriors.scale_mixture"},
     {"registration"},

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.distributions import kl_divergence as distribution_kl
 
+from torchbayesian._validation import positive_int
+
 __all__ = ["KLRule", "find_rule", "posterior_kl", "register_rule"]
 
 KLRule = Callable[[Any, Any], Tensor]
@@ -61,9 +63,8 @@ def posterior_kl(posterior: Any, *, num_samples: int | None = None) -> Tensor:
             f"{type(posterior).__name__} of shape {tuple(posterior.shape)} has no prior; "
             "register it with register_posterior(..., prior=...) or set posterior.prior."
         )
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
-                                    or num_samples < 1):
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    if num_samples is not None:
+        positive_int("kl_divergence", "num_samples", num_samples)
     rule = find_rule(type(posterior), type(prior))
     if rule is not None:
         term = rule(posterior, prior)

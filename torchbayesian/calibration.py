@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
+from torchbayesian._validation import positive_int
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -57,8 +59,7 @@ def reliability_curve(
         ValueError: If the shapes disagree or ``num_bins`` is not a positive integer.
     """
     probs = _probabilities(probs, targets, from_logits, "reliability_curve")
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"reliability_curve: num_bins must be a positive integer, got {num_bins!r}.")
+    positive_int("reliability_curve", "num_bins", num_bins)
     confidence, predicted = probs.reshape(-1, probs.shape[-1]).max(dim=-1)
     correct = (predicted == targets.reshape(-1)).to(probs.dtype)
     edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=probs.dtype, device=probs.device)

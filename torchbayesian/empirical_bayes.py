@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from torchbayesian._validation import positive_finite
 from torchbayesian.priors.gaussian import GaussianPrior
 from torchbayesian.registration import posteriors
 
@@ -39,7 +40,7 @@ def fit_prior_scale_(module: nn.Module, *, min_scale: float = 1e-6) -> dict[str,
 
     Raises:
         TypeError: If ``module`` is not an ``nn.Module``.
-        ValueError: If ``min_scale`` is not positive, or a prior's scale does not reduce to the
+        ValueError: If ``min_scale`` is not a finite positive number, or a prior's scale does not reduce to the
             tensor's shape.
 
     Example:
@@ -52,8 +53,7 @@ def fit_prior_scale_(module: nn.Module, *, min_scale: float = 1e-6) -> dict[str,
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"fit_prior_scale_ expects an nn.Module, got {type(module).__name__}.")
-    if isinstance(min_scale, bool) or not isinstance(min_scale, (int, float)) or not min_scale > 0:
-        raise ValueError(f"fit_prior_scale_: min_scale must be a positive float, got {min_scale!r}.")
+    positive_finite("fit_prior_scale_", "min_scale", min_scale)
     pooled: dict[int, tuple[str, GaussianPrior, Tensor, int]] = {}
     for name, posterior in posteriors(module):
         prior = posterior.prior

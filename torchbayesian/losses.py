@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from torchbayesian._validation import non_negative_int, positive_int
 from torchbayesian.kl import kl_divergence
 
 __all__ = [
@@ -61,13 +62,13 @@ def kl_weight(
         >>> bnn.kl_weight(50_000, batch_size=100, reduction="sum")
         0.002
     """
-    _check_positive_int(dataset_size, "dataset_size", "kl_weight")
+    positive_int("kl_weight", "dataset_size", dataset_size)
     if reduction == "mean":
         return 1.0 / dataset_size
     if reduction == "sum":
         if batch_size is None:
             raise ValueError("kl_weight: reduction='sum' needs batch_size, the number of examples summed over.")
-        _check_positive_int(batch_size, "batch_size", "kl_weight")
+        positive_int("kl_weight", "batch_size", batch_size)
         return batch_size / dataset_size
     raise ValueError(f"kl_weight: reduction must be 'mean' or 'sum', got {reduction!r}.")
 
@@ -95,8 +96,8 @@ def minibatch_kl_weight(batch_index: int, num_batches: int) -> float:
         >>> [bnn.minibatch_kl_weight(i, 3) for i in (1, 2, 3)]
         [0.5714285714285714, 0.2857142857142857, 0.14285714285714285]
     """
-    _check_positive_int(num_batches, "num_batches", "minibatch_kl_weight")
-    _check_positive_int(batch_index, "batch_index", "minibatch_kl_weight")
+    positive_int("minibatch_kl_weight", "num_batches", num_batches)
+    positive_int("minibatch_kl_weight", "batch_index", batch_index)
     if batch_index > num_batches:
         raise ValueError(
             f"minibatch_kl_weight: batch_index is 1-based and at most num_batches={num_batches}, got {batch_index}."
@@ -126,8 +127,8 @@ def linear_kl_warmup(step: int, warmup_steps: int, *, start: float = 0.0) -> flo
         >>> [bnn.linear_kl_warmup(step, 4) for step in (0, 2, 4, 10)]
         [0.0, 0.5, 1.0, 1.0]
     """
-    _check_non_negative_int(step, "step", "linear_kl_warmup")
-    _check_non_negative_int(warmup_steps, "warmup_steps", "linear_kl_warmup")
+    non_negative_int("linear_kl_warmup", "step", step)
+    non_negative_int("linear_kl_warmup", "warmup_steps", warmup_steps)
     if not 0.0 <= start <= 1.0:
         raise ValueError(f"linear_kl_warmup: start must be in [0, 1], got {start!r}.")
     if warmup_steps == 0 or step >= warmup_steps:
@@ -156,8 +157,8 @@ def cyclical_kl_annealing(step: int, cycle_length: int, *, ramp_fraction: float 
         >>> [bnn.cyclical_kl_annealing(step, 4) for step in range(6)]
         [0.0, 0.5, 1.0, 1.0, 0.0, 0.5]
     """
-    _check_non_negative_int(step, "step", "cyclical_kl_annealing")
-    _check_positive_int(cycle_length, "cycle_length", "cyclical_kl_annealing")
+    non_negative_int("cyclical_kl_annealing", "step", step)
+    positive_int("cyclical_kl_annealing", "cycle_length", cycle_length)
     if not 0.0 < ramp_fraction <= 1.0:
         raise ValueError(f"cyclical_kl_annealing: ramp_fraction must be in (0, 1], got {ramp_fraction!r}.")
     position = (step % cycle_length) / cycle_length
@@ -307,13 +308,3 @@ class GaussianNLLLoss(nn.GaussianNLLLoss):
 
     def extra_repr(self) -> str:
         return f"log_variance={self.log_variance}, full={self.full}, reduction={self.reduction!r}"
-
-
-def _check_positive_int(value: object, name: str, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}.")
-
-
-def _check_non_negative_int(value: object, name: str, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{where}: {name} must be a non-negative integer, got {value!r}.")

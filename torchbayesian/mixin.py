@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from torchbayesian import _sampling
+from torchbayesian._validation import positive_int
 from torchbayesian.kl import kl_divergence
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.registration import posteriors
@@ -92,8 +93,7 @@ class BayesianMixin:
         Raises:
             ValueError: If ``num_samples`` is not a positive integer.
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"sample_elbo: num_samples must be a positive integer, got {num_samples!r}.")
+        positive_int("sample_elbo", "num_samples", num_samples)
         model = self._as_module()
         terms = []
         for _ in range(num_samples):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from torch import Tensor, nn
 
 from torchbayesian._math import softplus_inverse
 from torchbayesian._selection import Filters
+from torchbayesian._validation import positive_finite
 from torchbayesian.module import BayesianModule
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.priors.base import as_buffer
@@ -95,9 +95,8 @@ def to_bayesian(
             f"to_bayesian: posterior must be a VariationalPosterior class (MOPED builds one per tensor), "
             f"got {posterior!r}."
         )
-    for name, value in (("delta", delta), ("min_sigma", min_sigma)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"to_bayesian: {name} must be a finite positive number, got {value!r}.")
+    positive_finite("to_bayesian", "delta", delta)
+    positive_finite("to_bayesian", "min_sigma", min_sigma)
     overridden = sorted(key for key in posterior_kwargs if key.startswith(("mu_", "sigma", "rho")))
     if overridden:
         raise TypeError(

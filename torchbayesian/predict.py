@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from torchbayesian import _sampling
+from torchbayesian._validation import positive_int
 from torchbayesian.module import BayesianModule
 from torchbayesian.registration import posteriors
 
@@ -83,9 +84,9 @@ def predict(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"predict: model must be an nn.Module, got {type(model).__name__}.")
-    _check_count(num_samples, "num_samples")
+    positive_int("predict", "num_samples", num_samples)
     if chunk_size is not None:
-        _check_count(chunk_size, "chunk_size")
+        positive_int("predict", "chunk_size", chunk_size)
     if "use_cache" not in kwargs and getattr(getattr(model, "config", None), "use_cache", None) is not None:
         kwargs["use_cache"] = False
     vmap_works = _vmap_memo(model)
@@ -216,8 +217,3 @@ def _device(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         return tensor.device
     tensor = next(model.parameters(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def _check_count(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"predict: {name} must be a positive integer, got {value!r}.")

@@ -28,6 +28,7 @@ from transformers.utils import can_return_loss, find_labels
 from torchbayesian import __version__
 from torchbayesian._sampling import reuse_samples
 from torchbayesian._selection import Filters, as_patterns
+from torchbayesian._validation import positive_int
 from torchbayesian.kl import kl_divergence
 from torchbayesian.module import BayesianModule
 from torchbayesian.predict import predict
@@ -195,9 +196,11 @@ class BayesianTrainer(Trainer):
             )
         if not is_bayesian(model):
             raise ValueError(f"BayesianTrainer: the {type(model.module).__name__} holds no posterior to train.")
-        self.num_mc_samples = _positive_int(num_mc_samples, "num_mc_samples")
-        self.num_eval_samples = _positive_int(num_eval_samples, "num_eval_samples")
-        self.dataset_size = None if dataset_size is None else _positive_int(dataset_size, "dataset_size")
+        self.num_mc_samples = positive_int("BayesianTrainer", "num_mc_samples", num_mc_samples)
+        self.num_eval_samples = positive_int("BayesianTrainer", "num_eval_samples", num_eval_samples)
+        if dataset_size is not None:
+            positive_int("BayesianTrainer", "dataset_size", dataset_size)
+        self.dataset_size = dataset_size
         if kl_weight is not None:
             if kl_temperature != 1.0:
                 raise TypeError("BayesianTrainer: pass kl_temperature only (kl_weight is its deprecated name).")
@@ -278,7 +281,7 @@ class BayesianTrainer(Trainer):
         if self.dataset_size is not None:
             return self.dataset_size
         try:
-            return _positive_int(len(self.train_dataset), "len(train_dataset)")
+            return positive_int("BayesianTrainer", "len(train_dataset)", len(self.train_dataset))
         except TypeError:
             raise ValueError(
                 "BayesianTrainer: the training set has no length; pass dataset_size=<number of examples> "
@@ -406,9 +409,3 @@ def _loss_of(outputs: Any, model_name: str) -> Tensor:
             "(check the dataset columns and TrainingArguments.label_names)."
         )
     return loss
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"BayesianTrainer: {name} must be a positive integer, got {value!r}.")
-    return value

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from torchbayesian._validation import non_negative_int, positive_int
 from torchbayesian.calibration import expected_calibration_error, negative_log_likelihood
 from torchbayesian.distributed import seed_per_rank
 from torchbayesian.kl import kl_divergence
@@ -115,9 +116,9 @@ class BayesianLightningModule(L.LightningModule):
         if not isinstance(model, nn.Module):
             raise TypeError(f"BayesianLightningModule: model must be an nn.Module, got {type(model).__name__}.")
         if train_size is not None:
-            _check_count(train_size, "train_size", minimum=1)
-        _check_count(num_samples, "num_samples", minimum=1)
-        _check_count(kl_warmup_steps, "kl_warmup_steps", minimum=0)
+            positive_int("BayesianLightningModule", "train_size", train_size)
+        positive_int("BayesianLightningModule", "num_samples", num_samples)
+        non_negative_int("BayesianLightningModule", "kl_warmup_steps", kl_warmup_steps)
         if isinstance(kl_temperature, bool) or not isinstance(kl_temperature, (int, float)) or not (
             0 < kl_temperature < float("inf")
         ):
@@ -285,9 +286,3 @@ def _auroc(negatives: Tensor, positives: Tensor) -> Tensor:
     positive_ranks = ranks[len(negatives):].sum()
     n_pos, n_neg = len(positives), len(negatives)
     return ((positive_ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).float()
-
-
-def _check_count(value: object, name: str, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        expected = "a positive integer" if minimum == 1 else "a non-negative integer"
-        raise ValueError(f"BayesianLightningModule: {name} must be {expected}, got {value!r}.")

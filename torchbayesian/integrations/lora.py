@@ -19,6 +19,7 @@ from peft.utils import load_peft_weights, set_peft_model_state_dict
 from torch import Tensor, nn
 
 from torchbayesian import _sampling
+from torchbayesian._validation import positive_finite
 from torchbayesian.module import BayesianModule
 from torchbayesian.posteriors.gaussian import GaussianPosterior
 from torchbayesian.priors.gaussian import GaussianPrior
@@ -126,10 +127,7 @@ def bayesian_lora(
         matrices = [prefix for letter in LoraTargets(targets).value for prefix in _MATRICES[letter]]
     except ValueError:
         raise ValueError(f"bayesian_lora: targets must be 'A' or 'AB', got {targets!r}.") from None
-    if isinstance(sigma_ratio, bool) or not isinstance(sigma_ratio, (int, float)) or not (
-        math.isfinite(sigma_ratio) and sigma_ratio > 0
-    ):
-        raise ValueError(f"bayesian_lora: sigma_ratio must be a finite positive number, got {sigma_ratio!r}.")
+    positive_finite("bayesian_lora", "sigma_ratio", sigma_ratio)
     include = [f"*.{matrix}.*" for matrix in matrices]
     if not any(_is_lora_matrix(name, matrices) and p.requires_grad for name, p in model.named_parameters()):
         raise ValueError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ from torch.distributions import Normal
 from torchbayesian import _sampling
 from torchbayesian._math import softplus_inverse
 from torchbayesian._native import ops
+from torchbayesian._validation import positive_finite
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.priors.gaussian import GaussianPrior
 
@@ -72,10 +72,7 @@ class GaussianPosterior(VariationalPosterior):
         super().__init__(shape, dtype=dtype, device=device)
         if isinstance(sigma_init, bool) or not isinstance(sigma_init, (int, float)):
             raise TypeError(f"{type(self).__name__}: sigma_init must be a float, got {type(sigma_init).__name__}.")
-        if not (math.isfinite(sigma_init) and sigma_init > 0):
-            raise ValueError(
-                f"{type(self).__name__}: sigma_init must be a finite positive number, got {sigma_init!r}."
-            )
+        positive_finite(type(self).__name__, "sigma_init", sigma_init)
         self.mu = nn.Parameter(torch.empty(self.shape, **self._factory_kwargs))
         self.rho = nn.Parameter(torch.empty(self.shape, **self._factory_kwargs))
         with torch.no_grad():

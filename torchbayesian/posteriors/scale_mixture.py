@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 
 from torchbayesian._math import softplus_inverse
+from torchbayesian._validation import positive_finite
 from torchbayesian.posteriors.base import VariationalPosterior
 from torchbayesian.posteriors.gaussian import Init, _initialise
 
@@ -75,9 +75,8 @@ class ScaleMixturePosterior(VariationalPosterior):
         owner = type(self).__name__
         if isinstance(pi, bool) or not isinstance(pi, (int, float)) or not 0.0 <= pi <= 1.0:
             raise ValueError(f"{owner}: pi must be a number in [0, 1], got {pi!r}.")
-        for name, value in (("sigma1_init", sigma1_init), ("sigma2_init", sigma2_init)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{owner}: {name} must be a finite positive number, got {value!r}.")
+        positive_finite(owner, "sigma1_init", sigma1_init)
+        positive_finite(owner, "sigma2_init", sigma2_init)
         self.register_buffer("pi", torch.tensor(float(pi), **self._factory_kwargs))
         self.mu = nn.Parameter(torch.empty(self.shape, **self._factory_kwargs))
         self.rho1 = nn.Parameter(torch.empty(self.shape, **self._factory_kwargs))
