@@ -329,6 +329,10 @@ def test_trainer_rejects_bad_arguments(tmp_path) -> None:
                 {"kl_temperature": True}, {"kl_temperature": -0.1}):
         with pytest.raises(ValueError, match="must be"):
             bnn.BayesianTrainer(model, _arguments(tmp_path), train_dataset=data, **bad)
+    for bad_temperature in (-1, float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="BayesianTrainer: kl_temperature must be a finite non-negative number"):
+            bnn.BayesianTrainer(model, _arguments(tmp_path), train_dataset=data, kl_temperature=bad_temperature)
+    assert bnn.BayesianTrainer(model, _arguments(tmp_path), train_dataset=data, kl_temperature=0).kl_temperature == 0.0
     with pytest.warns(FutureWarning, match="kl_weight is renamed kl_temperature"):
         renamed = bnn.BayesianTrainer(model, _arguments(tmp_path), train_dataset=data, kl_weight=0.25)
     assert renamed.kl_temperature == 0.25

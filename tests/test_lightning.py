@@ -122,10 +122,22 @@ def test_constant_schedule_keeps_the_learning_rate(tmp_path: Path) -> None:
     assert rates.rates == [1e-2] * (2 * N // 4)
 
 
-@pytest.mark.parametrize("temperature", [0, -0.1, float("inf"), float("nan"), True, "0.1"])
+@pytest.mark.parametrize("temperature", [-1, -0.1, float("inf"), float("nan"), True, "0.1"])
 def test_invalid_kl_temperature_is_rejected(temperature: Any) -> None:
-    with pytest.raises(ValueError, match="kl_temperature must be a positive finite number"):
+    with pytest.raises(ValueError, match="^BayesianLightningModule: kl_temperature must be a finite non-negative"):
         bnn.BayesianLightningModule(_model(), kl_temperature=temperature)
+
+
+def test_kl_temperature_zero_drops_the_kl_from_the_loss(tmp_path: Path) -> None:
+    record = _Record()
+    module = bnn.BayesianLightningModule(_model(), kl_temperature=0)
+    assert module.kl_temperature == 0.0
+    trainer = _trainer(tmp_path, max_steps=2, callbacks=[record], log_every_n_steps=1)
+    trainer.fit(module, DataLoader(_data(), batch_size=4))
+    for step in record.steps:
+        assert step["train/kl_weight_step"] == 0.0
+        assert step["train/kl_step"] > 0  # still computed and logged
+        assert step["loss"] == step["train/nll_step"]
 
 
 def test_cosine_schedule_without_an_end_is_rejected(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["non_negative_int", "positive_finite", "positive_int"]
+__all__ = ["non_negative_finite", "non_negative_int", "positive_finite", "positive_int"]
 
 
 def positive_int(owner: str, name: str, value: object) -> int:
@@ -21,6 +21,13 @@ def positive_finite(owner: str, name: str, value: object) -> float:
     """Return ``float(value)`` for a finite ``int`` or ``float`` > 0 (not a ``bool``), else raise ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{owner}: {name} must be a finite positive number, got {value!r}.")
+    return float(value)
+
+
+def non_negative_finite(owner: str, name: str, value: object) -> float:
+    """Return ``float(value)`` for a finite ``int`` or ``float`` >= 0 (not a ``bool``), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{owner}: {name} must be a finite non-negative number, got {value!r}.")
     return float(value)
 
 

@@ -28,7 +28,7 @@ from transformers.utils import can_return_loss, find_labels
 from torchbayesian import __version__
 from torchbayesian._sampling import reuse_samples
 from torchbayesian._selection import Filters, as_patterns
-from torchbayesian._validation import positive_int
+from torchbayesian._validation import non_negative_finite, positive_int
 from torchbayesian.kl import kl_divergence
 from torchbayesian.module import BayesianModule
 from torchbayesian.predict import predict
@@ -140,8 +140,9 @@ class BayesianTrainer(Trainer):
         *trainer_args: More positional arguments of `Trainer` (``data_collator``, ``train_dataset``...).
         num_mc_samples (int): Forward passes averaged per step, $S$.
         dataset_size (int | None): Number of training examples $N$; ``len(train_dataset)`` by default.
-        kl_temperature (float): Multiplier $\\beta$ of ``KL / N`` (1 for the ELBO; smaller values temper
-            it), named as in `BayesianLightningModule` and the guide "Getting good uncertainty".
+        kl_temperature (float): Multiplier $\\beta$ of ``KL / N``, a finite number >= 0 (1 for the ELBO;
+            smaller values temper it, 0 drops it), named as in `BayesianLightningModule` and the guide
+            "Getting good uncertainty".
         kl_weight (float | None): Deprecated name of ``kl_temperature``; passing it warns.
         num_eval_samples (int): Weight samples averaged in evaluation and ``Trainer.predict``
             (`bnn.predict`, vectorised where possible). The returned logits are the log of the
@@ -207,11 +208,7 @@ class BayesianTrainer(Trainer):
             warnings.warn("BayesianTrainer: kl_weight is renamed kl_temperature (the multiplier of KL / N); "
                           "kl_weight will be removed.", FutureWarning, stacklevel=2)
             kl_temperature = kl_weight
-        if isinstance(kl_temperature, bool) or not isinstance(kl_temperature, (int, float)) or not (
-            math.isfinite(kl_temperature) and kl_temperature >= 0
-        ):
-            raise ValueError(f"BayesianTrainer: kl_temperature must be a finite number >= 0, got {kl_temperature!r}.")
-        self.kl_temperature = float(kl_temperature)
+        self.kl_temperature = non_negative_finite("BayesianTrainer", "kl_temperature", kl_temperature)
         if trainer_kwargs.get("compute_loss_func") is not None:
             raise ValueError(
                 "BayesianTrainer: compute_loss_func is not supported; the data term is the loss the model "

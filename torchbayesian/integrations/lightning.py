@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from torchbayesian._validation import non_negative_int, positive_int
+from torchbayesian._validation import non_negative_finite, non_negative_int, positive_int
 from torchbayesian.calibration import expected_calibration_error, negative_log_likelihood
 from torchbayesian.distributed import seed_per_rank
 from torchbayesian.kl import kl_divergence
@@ -71,7 +71,8 @@ class BayesianLightningModule(L.LightningModule):
         criterion (nn.Module | None): Data loss averaged over the batch; ``None`` is cross-entropy.
         num_samples (int): Weight draws for validation and test predictions.
         kl_warmup_steps (int): Optimizer steps over which the KL weight rises linearly from 0 to 1.
-        kl_temperature (float): Factor ``T`` of the KL weight; below 1 a tempered ("cold") posterior.
+        kl_temperature (float): Factor ``T`` of the KL weight, a finite number >= 0; below 1 a
+            tempered ("cold") posterior, and 0 drops the KL term (an ablation).
         lr (float): Learning rate of the default Adam optimizer.
         lr_schedule (str): ``"constant"``, or ``"cosine"`` to anneal the learning rate from ``lr`` to
             0 over the trainer's optimizer steps.
@@ -119,12 +120,7 @@ class BayesianLightningModule(L.LightningModule):
             positive_int("BayesianLightningModule", "train_size", train_size)
         positive_int("BayesianLightningModule", "num_samples", num_samples)
         non_negative_int("BayesianLightningModule", "kl_warmup_steps", kl_warmup_steps)
-        if isinstance(kl_temperature, bool) or not isinstance(kl_temperature, (int, float)) or not (
-            0 < kl_temperature < float("inf")
-        ):
-            raise ValueError(
-                f"BayesianLightningModule: kl_temperature must be a positive finite number, got {kl_temperature!r}."
-            )
+        non_negative_finite("BayesianLightningModule", "kl_temperature", kl_temperature)
         if lr_schedule not in _LR_SCHEDULES:
             raise ValueError(
                 f"BayesianLightningModule: lr_schedule must be one of {', '.join(map(repr, _LR_SCHEDULES))}, "
