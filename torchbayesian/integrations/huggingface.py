@@ -29,6 +29,7 @@ from torchbayesian import __version__
 from torchbayesian._sampling import reuse_samples
 from torchbayesian._selection import Filters, as_patterns
 from torchbayesian._validation import non_negative_finite, positive_int
+from torchbayesian.integrations._tied_state import missing_untied, unshared
 from torchbayesian.kl import kl_divergence
 from torchbayesian.module import BayesianModule
 from torchbayesian.predict import predict
@@ -294,7 +295,7 @@ class BayesianTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if state_dict is None:
             state_dict = self.model.state_dict()
-        super()._save(output_dir, state_dict=_unshared(state_dict))
+        super()._save(output_dir, state_dict=unshared(state_dict))
         if self.args.should_save and isinstance(self.model.module, PreTrainedModel):
             self.model.module.config.save_pretrained(output_dir)
 
@@ -367,28 +368,13 @@ def load_bayesian(model: nn.Module, save_directory: str | os.PathLike[str], *, s
         state = {key[len("module."):]: value for key, value in state.items()}
     result = target.load_state_dict(state, strict=False)
     expected = target.state_dict()
-    loaded_storages = {_storage(expected[key]) for key in state if key in expected}
-    missing = [key for key in result.missing_keys if _storage(expected[key]) not in loaded_storages]
+    missing = missing_untied(expected, state, result.missing_keys)
     if strict and (missing or result.unexpected_keys):
         raise ValueError(
             f"load_bayesian: {path} does not match the converted {type(target).__name__}; convert it with the "
             "arguments used before saving.\n"
             f"missing: {missing}\nunexpected: {result.unexpected_keys}"
         )
-
-
-def _unshared(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    seen: set[tuple[int, int]] = set()
-    unshared = {}
-    for key, tensor in state_dict.items():
-        storage = _storage(tensor)
-        unshared[key] = tensor.clone() if storage in seen else tensor
-        seen.add(storage)
-    return unshared
-
-
-def _storage(tensor: Tensor) -> tuple[int, int]:
-    return tensor.untyped_storage().data_ptr(), tensor.storage_offset()
 
 
 def _inspected(model: BayesianModule) -> nn.Module:
