@@ -238,6 +238,30 @@ def test_peft_save_and_load_round_trips_exactly(build, posterior, tmp_path) -> N
             assert torch.equal(a, b)
 
 
+def test_hooks_are_installed_once_and_their_handles_remove_them() -> None:
+    from torchbayesian.integrations import lora as bayesian_lora_module
+
+    peft_model = lora(llama)
+    model = bnn.bayesian_lora(peft_model)
+    scopes = [m._bayesian_lora_scope for m in peft_model.modules() if hasattr(m, "_bayesian_lora_scope")]
+    keys = [m._bayesian_lora_key_hooks for m in peft_model.modules() if hasattr(m, "_bayesian_lora_key_hooks")]
+    handles = [handle for scope in scopes for handle in scope.handles] + [handle for pair in keys for handle in pair]
+    assert scopes and keys
+
+    def hook_counts() -> list[int]:
+        return [len(handle.hooks_dict_ref()) for handle in handles]
+
+    before = hook_counts()
+    bayesian_lora_module._install_key_hooks(peft_model)
+    bayesian_lora_module._install_scope_hooks(peft_model)
+    assert hook_counts() == before  # a second install adds nothing
+    assert any(".lora_A.default.weight_rho" in key for key in model.state_dict())
+    for handle in handles:
+        handle.remove()
+    assert [count + 1 for count in hook_counts()] == before
+    assert any(".parametrizations." in key for key in model.state_dict())  # PEFT's key names are gone
+
+
 def test_plain_peft_loads_the_posterior_mean_as_a_deterministic_export(tmp_path) -> None:
     model = trained_like(bnn.bayesian_lora(lora(llama)))
     model.module.save_pretrained(tmp_path)

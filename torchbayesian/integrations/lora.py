@@ -10,13 +10,14 @@ import math
 import os
 from collections.abc import Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from torchbayesian import _sampling
 from torchbayesian._validation import positive_finite
@@ -230,13 +231,19 @@ def _softplus_inverse(value: float) -> float:
 
 
 def _install_key_hooks(model: nn.Module) -> None:
-    """Give every Bayesian LoRA matrix PEFT's key (``...lora_A.default.weight``) in the state dict."""
+    """Give every Bayesian LoRA matrix PEFT's key (``...lora_A.default.weight``) in the state dict.
+
+    The hooks' handles are kept on each owner (``_bayesian_lora_key_hooks``), whose presence tells
+    a second `bayesian_lora` call not to add them twice.
+    """
     owners = {id(owner): owner for _, owner, _, _ in sites(model)}
     for owner in owners.values():
-        if not _first_install(owner, "_bayesian_lora_keys"):
+        if isinstance(getattr(owner, "_bayesian_lora_key_hooks", None), _KeyHooks):
             continue
-        owner.register_state_dict_post_hook(_to_peft_keys)
-        owner.register_load_state_dict_pre_hook(_from_peft_keys)
+        owner._bayesian_lora_key_hooks = _KeyHooks(
+            owner.register_state_dict_post_hook(_to_peft_keys),
+            owner.register_load_state_dict_pre_hook(_from_peft_keys),
+        )
 
 
 def _install_scope_hooks(model: nn.Module) -> None:
@@ -245,27 +252,35 @@ def _install_scope_hooks(model: nn.Module) -> None:
     PEFT's LoRA layer reads ``lora_A.weight`` (for its dtype) before calling ``lora_A``: two reads
     of one tensor, which must see one sample. A `BayesianModule` forward opens a scope around
     both, but re-entrant activation checkpointing recomputes the layer after that scope has
-    closed; the layer's own scope then gives the recomputation the forward's single draw.
+    closed; the layer's own scope then gives the recomputation the forward's single draw. The
+    `_CallScope` is kept on the layer (``_bayesian_lora_scope``), so that a second `bayesian_lora`
+    call does not add it twice.
     """
     for layer in model.modules():
-        if isinstance(layer, LoraLayer) and is_bayesian(layer) and _first_install(layer, "_bayesian_lora_scope"):
-            _CallScope(layer)
+        if not (isinstance(layer, LoraLayer) and is_bayesian(layer)):
+            continue
+        if not isinstance(getattr(layer, "_bayesian_lora_scope", None), _CallScope):
+            layer._bayesian_lora_scope = _CallScope(layer)
 
 
-def _first_install(module: nn.Module, marker: str) -> bool:
-    """Mark ``module`` with ``marker``; whether it was unmarked, so that a second `bayesian_lora` call adds no hooks twice."""
-    if getattr(module, marker, False):
-        return False
-    setattr(module, marker, True)
-    return True
+class _KeyHooks(NamedTuple):
+    """The handles of the state-dict hooks that rename a module's Bayesian LoRA entries."""
+
+    save: RemovableHandle
+    load: RemovableHandle
 
 
 class _CallScope:
-    """A forward pre-hook that opens a sampling scope when none is open, and a forward hook that closes it."""
+    """A forward pre-hook that opens a sampling scope when none is open, and a forward hook that closes it.
+
+    ``handles`` holds the two hooks' `RemovableHandle`s.
+    """
 
     def __init__(self, layer: nn.Module) -> None:
-        layer.register_forward_pre_hook(self.before)
-        layer.register_forward_hook(self.after, always_call=True)
+        self.handles = (
+            layer.register_forward_pre_hook(self.before),
+            layer.register_forward_hook(self.after, always_call=True),
+        )
 
     def before(self, layer: nn.Module, args: Any) -> None:
         _sampling.open_scope(self)
