@@ -1,4 +1,6 @@
 import collections
+import copy
+import io
 
 import pytest
 import torch
@@ -218,6 +220,24 @@ def test_a_bayesian_module_remembers_that_vmap_failed_and_loops_at_once(monkeypa
     model.eval()  # another mode: vmap is tried again there
     with pytest.raises(ValueError, match="cannot be vectorised"):
         bnn.predict(model, x, num_samples=3, vectorize=True)
+
+
+def test_the_vmap_memo_is_a_plain_attribute_that_copies_and_pickles_outside_the_state_dict():
+    model = bnn.BayesianModule(_DataDependent(), sigma_init=0.5)
+    assert model._vmap_works_by_mode == {}
+    keys = set(model.state_dict())
+    bnn.predict(model, torch.randn(4, 3), num_samples=3)
+    assert model._vmap_works_by_mode == {True: False}
+    assert set(model.state_dict()) == keys
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for copied in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        assert copied._vmap_works_by_mode == {True: False}
+        assert copied._vmap_works_by_mode is not model._vmap_works_by_mode
+    del model.__dict__["_vmap_works_by_mode"]  # as in a model pickled before the memo was declared
+    bnn.predict(model, torch.randn(4, 3), num_samples=3)
+    assert model._vmap_works_by_mode == {True: False}
 
 
 def test_batchnorm_in_training_mode_falls_back_and_updates_statistics():

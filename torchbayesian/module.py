@@ -130,6 +130,8 @@ class BayesianModule(BayesianMixin, nn.Module):
             caller="BayesianModule",
         )
         self.module = module
+        # Whether `predict` could vmap the model, by training mode (True: training); filled on first use.
+        self._vmap_works_by_mode: dict[bool, bool] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the model with one weight sample per Bayesian tensor and return its output unchanged."""

@@ -118,9 +118,12 @@ def predict(
 
 def _vmap_memo(model: nn.Module) -> dict[bool, bool]:
     """Whether vmap worked, by training mode: kept on a `BayesianModule`, fresh (empty) for other modules."""
-    if isinstance(model, BayesianModule):
-        return model.__dict__.setdefault("_vmap_works_by_mode", {})
-    return {}
+    if not isinstance(model, BayesianModule):
+        return {}
+    memo = getattr(model, "_vmap_works_by_mode", None)
+    if memo is None:  # a BayesianModule pickled before `BayesianModule.__init__` declared the memo
+        memo = model._vmap_works_by_mode = {}
+    return memo
 
 
 def _vectorized(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], num_samples: int,
