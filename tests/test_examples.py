@@ -161,10 +161,7 @@ def test_digits_help_runs():
     assert "--quick" in result.stdout and "--out" in result.stdout
 
 
-# benchmarks/train_step.py is being re-measured and reworked under issue 19.
-@pytest.mark.parametrize(
-    "script", sorted(path.name for path in (ROOT / "benchmarks").glob("[!_]*.py") if path.name != "train_step.py")
-)
+@pytest.mark.parametrize("script", sorted(path.name for path in (ROOT / "benchmarks").glob("[!_]*.py")))
 def test_benchmark_flags_have_help_text(script: str) -> None:
     tree = ast.parse((ROOT / "benchmarks" / script).read_text())
     flags = [
@@ -174,3 +171,14 @@ def test_benchmark_flags_have_help_text(script: str) -> None:
     assert flags, f"{script} defines no command-line flags"
     silent = [ast.literal_eval(call.args[0]) for call in flags if not any(k.arg == "help" for k in call.keywords)]
     assert not silent, f"{script}: flags without help text: {silent}"
+
+
+def test_step_budget_accounts_for_the_bayesian_step() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_budget.py"), "--steps", "3"],
+                            capture_output=True, text=True, env=env, check=True, timeout=300)
+    times = dict(re.findall(r"^\s*(.+?):\s+([\d.]+) ms$", result.stdout, flags=re.MULTILINE))
+    ratios = dict(re.findall(r"^(Bayesian / deterministic step|with free draws).*: ([\d.]+)$", result.stdout, flags=re.MULTILINE))
+    assert set(times) == {"deterministic step", "Bayesian step", "Adam on P", "Adam on 2P", "add over P"}, result.stdout
+    assert float(times["Adam on 2P"]) > float(times["Adam on P"]) > 0
+    assert float(ratios["Bayesian / deterministic step"]) > float(ratios["with free draws"]) > 1.0
