@@ -167,3 +167,59 @@ def test_ece_on_bin_edges_empty_bins_and_ties_matches_exact_arithmetic(data, num
         probs = torch.tensor(numerators, dtype=dtype) / denominator
         ece = bnn.expected_calibration_error(probs, torch.tensor(targets), num_bins=num_bins)
         assert ece.item() == pytest.approx(_ece_exact(numerators, denominator, targets, num_bins), abs=1e-6)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _binomial_gap(n: int, confidence: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``|K / n - confidence|`` for each K and its binomial probability, K ~ Binomial(n, confidence)."""
+    k = torch.arange(n + 1, dtype=torch.float64)
+    pmf = torch.distributions.Binomial(n, probs=torch.tensor(confidence, dtype=torch.float64)).log_prob(k).exp()
+    return (k / n - confidence).abs(), pmf
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("draws_at_once", [None, 7])
+def test_calibration_test_matches_the_exact_binomial_null(device, draws_at_once, monkeypatch):
+    # n predictions of one confidence c share one bin, so a calibrated predictor's ECE is |K / n - c|.
+    if draws_at_once is not None:  # the draws then come in many chunks
+        monkeypatch.setattr("torchbayesian.calibration._DRAWS_ELEMENTS", draws_at_once)
+    n, c, draws = 50, 0.7, 20_000
+    probs = torch.tensor([[c, 1 - c]], dtype=torch.float64, device=device).repeat(n, 1)
+    targets = (torch.arange(n, device=device) >= 40).long()  # 40 of 50 right: ECE |0.8 - 0.7| = 0.1
+    result = bnn.calibration_test(probs, targets, num_draws=draws,
+                                  generator=torch.Generator(device=device).manual_seed(0))
+    gap, pmf = _binomial_gap(n, c)
+    mean = (gap * pmf).sum()
+    standard_error = ((gap - mean).square() * pmf).sum().sqrt() / draws**0.5
+    torch.testing.assert_close(result.ece.cpu(), torch.tensor(0.1, dtype=torch.float64))
+    assert abs(result.expected_if_calibrated.cpu() - mean) < 5 * standard_error
+    exact_p = pmf[gap >= 0.1 - 1e-12].sum()
+    assert abs(result.p_value.cpu() - exact_p) < 5 * (exact_p * (1 - exact_p) / draws) ** 0.5
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**16), batch=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+       classes=st.integers(2, 5), num_bins=st.integers(1, 20), num_draws=st.integers(1, 50),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_calibration_test_ranges_for_any_shape(seed, batch, classes, num_bins, num_draws, dtype):
+    generator = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(*batch, classes, generator=generator, dtype=dtype)
+    targets = torch.randint(0, classes, tuple(batch), generator=generator)
+    result = bnn.calibration_test(logits, targets, num_bins=num_bins, num_draws=num_draws, from_logits=True,
+                                  generator=generator)
+    torch.testing.assert_close(result.ece, bnn.expected_calibration_error(logits, targets, num_bins=num_bins, from_logits=True))
+    assert 0.0 <= result.expected_if_calibrated <= 1.0
+    assert 1 / (num_draws + 1) - 1e-6 <= result.p_value <= 1.0
+    assert all(value.dtype == dtype and value.dim() == 0 for value in result)
+
+
+def test_calibration_test_rejects_bad_arguments():
+    probs, targets = torch.tensor([[0.6, 0.4]]), torch.tensor([0])
+    with pytest.raises(ValueError, match="calibration_test: num_draws must be a positive integer, got 0"):
+        bnn.calibration_test(probs, targets, num_draws=0)
+    with pytest.raises(ValueError, match="calibration_test: num_bins must be a positive integer"):
+        bnn.calibration_test(probs, targets, num_bins=0)
+    with pytest.raises(TypeError, match="calibration_test: probs must be a floating-point Tensor"):
+        bnn.calibration_test(torch.tensor([[1, 0]]), targets)

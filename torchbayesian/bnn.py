@@ -9,8 +9,10 @@ from typing import Any
 
 from torchbayesian._sampling import replay_samples, reuse_samples
 from torchbayesian.calibration import (
+    CalibrationTest,
     ReliabilityCurve,
     brier_score,
+    calibration_test,
     expected_calibration_error,
     negative_log_likelihood,
     reliability_curve,
@@ -85,6 +87,7 @@ __all__ = [
     "BayesianLayer",
     "BayesianMixin",
     "BayesianModule",
+    "CalibrationTest",
     "Conv1d",
     "Conv2d",
     "Conv3d",
@@ -123,6 +126,7 @@ __all__ = [
     "auroc",
     "bayesian",
     "brier_score",
+    "calibration_test",
     "cyclical_kl_annealing",
     "detect_anomalies",
     "elbo_loss",

@@ -1,4 +1,4 @@
-"""Calibration metrics for predictive class probabilities: ECE, NLL, Brier score and reliability diagrams."""
+"""Calibration metrics for predictive class probabilities: ECE and its test, NLL, Brier score and reliability diagrams."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ from torchbayesian._validation import positive_int
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+_DRAWS_ELEMENTS = 2**22
+"""Drawn labels `calibration_test` holds at once (draws x examples), 32 MB as int64."""
+
 __all__ = [
+    "CalibrationTest",
     "ReliabilityCurve",
     "brier_score",
+    "calibration_test",
     "expected_calibration_error",
     "negative_log_likelihood",
     "reliability_curve",
@@ -62,8 +67,7 @@ def reliability_curve(
     positive_int("reliability_curve", "num_bins", num_bins)
     confidence, predicted = probs.reshape(-1, probs.shape[-1]).max(dim=-1)
     correct = (predicted == targets.reshape(-1)).to(probs.dtype)
-    edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=probs.dtype, device=probs.device)
-    bins = torch.bucketize(confidence.detach(), edges[1:-1])
+    edges, bins = _bins(confidence, num_bins)
     count = torch.zeros(num_bins, dtype=probs.dtype, device=probs.device).index_add_(0, bins, torch.ones_like(correct))
     confidence_sum = torch.zeros_like(count).index_add(0, bins, confidence)
     correct_sum = torch.zeros_like(count).index_add(0, bins, correct)
@@ -102,6 +106,82 @@ def expected_calibration_error(
     """
     curve = reliability_curve(probs, targets, num_bins=num_bins, from_logits=from_logits)
     return torch.sum(curve.count * (curve.accuracy - curve.confidence).abs()) / curve.count.sum()
+
+
+class CalibrationTest(NamedTuple):
+    """Result of `calibration_test` (each field a scalar tensor)."""
+
+    ece: Tensor
+    """The expected calibration error of the predictions (`expected_calibration_error`, up to rounding)."""
+    expected_if_calibrated: Tensor
+    """The mean ECE of a perfectly calibrated predictor with the same probabilities on as many examples."""
+    p_value: Tensor
+    """The probability, for that calibrated predictor, of an ECE at least ``ece`` (Monte Carlo, ``>= 1 / (num_draws + 1)``)."""
+
+
+def calibration_test(
+    probs: Tensor,
+    targets: Tensor,
+    *,
+    num_bins: int = 15,
+    num_draws: int = 1000,
+    from_logits: bool = False,
+    generator: torch.Generator | None = None,
+) -> CalibrationTest:
+    """Compare the ECE with the ECE that sampling noise alone gives a calibrated predictor.
+
+    On a finite test set, even a perfectly calibrated predictor has a positive ECE, and a larger
+    one the more of its predictions fall in sparsely populated confidence bins. This function draws
+    ``num_draws`` label sets from ``probs`` themselves (under which ``probs`` are calibrated by
+    construction: "consistency resampling", Bröcker & Smith, 2007), computes the ECE of each with
+    the same bins, and returns their mean and the Monte Carlo p-value of the observed ECE. Compare
+    two models' ECE only beyond the difference of their ``expected_if_calibrated``.
+
+    Args:
+        probs (Tensor): Predictive probabilities (or logits with ``from_logits=True``), shape ``[*batch, C]``.
+        targets (Tensor): Integer class labels of shape ``[*batch]``.
+        num_bins (int): Number of equal-width bins, as in `expected_calibration_error`.
+        num_draws (int): Label sets drawn from ``probs``.
+        from_logits (bool): Whether ``probs`` are logits.
+        generator (torch.Generator | None): Random number generator for the draws (on ``probs``'s device).
+
+    Returns:
+        CalibrationTest: ``(ece, expected_if_calibrated, p_value)``.
+
+    Raises:
+        TypeError: If ``probs`` is not floating point or ``targets`` not integer.
+        ValueError: If the shapes disagree, or ``num_bins`` or ``num_draws`` is not a positive integer.
+
+    Example:
+        >>> import torch
+        >>> from torchbayesian import bnn
+        >>> probs = torch.tensor([[0.9, 0.1]]).repeat(200, 1)  # 90% confident, right half of the time
+        >>> result = bnn.calibration_test(probs, torch.arange(200) % 2, generator=torch.Generator().manual_seed(0))
+        >>> result.ece, bool(result.expected_if_calibrated < 0.05), bool(result.p_value < 0.01)
+        (tensor(0.4000), True, True)
+    """
+    probs = _probabilities(probs, targets, from_logits, "calibration_test")
+    positive_int("calibration_test", "num_bins", num_bins)
+    positive_int("calibration_test", "num_draws", num_draws)
+    flat = probs.detach().reshape(-1, probs.shape[-1])
+    confidence, predicted = flat.max(dim=-1)
+    _, bins = _bins(confidence, num_bins)
+    confidence_sum = torch.zeros(num_bins, 1, dtype=flat.dtype, device=flat.device).index_add_(0, bins, confidence[:, None])
+
+    def ece_of(labels: Tensor) -> Tensor:  # labels [N, k] -> ECE of each column, [k]
+        correct = (labels == predicted[:, None]).to(flat.dtype)
+        correct_sum = torch.zeros(num_bins, labels.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, bins, correct)
+        return (correct_sum - confidence_sum).abs().sum(dim=0) / len(flat)
+
+    # The same arithmetic for the observed and the drawn labels, so that equal ECEs compare equal.
+    ece = ece_of(targets.reshape(-1, 1))[0]
+    chunk = max(1, _DRAWS_ELEMENTS // max(1, len(flat)))
+    null_ece = torch.cat([ece_of(torch.multinomial(flat, min(chunk, num_draws - start), replacement=True, generator=generator))
+                          for start in range(0, num_draws, chunk)])
+    # ECEs equal but for rounding (|k - c| and |k' - c| with c = (k + k') / 2 rounded) count as equal.
+    tolerance = ece * torch.finfo(flat.dtype).eps ** 0.5
+    p_value = (1 + (null_ece >= ece - tolerance).sum()) / (num_draws + 1)
+    return CalibrationTest(ece, null_ece.mean(), p_value.to(flat.dtype))
 
 
 def negative_log_likelihood(probs: Tensor, targets: Tensor, *, from_logits: bool = False) -> Tensor:
@@ -205,6 +285,12 @@ def reliability_diagram(
     ax.set_title(f"ECE = {ece.item():.3f}")
     ax.legend(loc="upper left")
     return ax
+
+
+def _bins(confidence: Tensor, num_bins: int) -> tuple[Tensor, Tensor]:
+    """The ``num_bins + 1`` equal-width edges and each confidence's bin: ``(b / num_bins, (b + 1) / num_bins]``."""
+    edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=confidence.dtype, device=confidence.device)
+    return edges, torch.bucketize(confidence.detach(), edges[1:-1])
 
 
 def _check(probs: Tensor, targets: Tensor, where: str) -> None:
