@@ -19,8 +19,12 @@ For each seed the script trains the three networks and, after the last seed, pri
 network with the mean ± standard error over seeds of the test accuracy, negative log-likelihood
 (NLL), expected calibration error (ECE, 15 bins) and three OOD scores (AUROC, AUPR with OOD as the
 positive class, FPR at 95% TPR), all from the entropy of the predictive distribution; then one
-line saying, per metric, whether the Bayesian network beats the deterministic one. It writes a
-reliability diagram and a histogram of the uncertainty scores (first seed) as PNG files.
+line saying, per metric, whether the Bayesian network beats the deterministic one; then one line per
+network from `bnn.calibration_test`, ``calibration test <network> ece=... if_calibrated=...
+p_value=...``: the ECE a perfectly calibrated network with the same predicted probabilities would
+get on these test digits (the ECE's floor from sampling noise alone), and the probability of an
+ECE at least as large under perfect calibration (means over seeds). It writes a reliability
+diagram and a histogram of the uncertainty scores (first seed) as PNG files.
 
 Run: ``python examples/digits.py`` (about a minute on 2 CPU cores; ``--quick`` for a smoke test).
 """
@@ -44,6 +48,7 @@ from torchbayesian import bnn
 IN_DISTRIBUTION = 8  # digits 0..7; 8 and 9 are out of distribution
 MODELS = ("bayesian", "mc_dropout", "deterministic")
 METRICS = ("accuracy", "nll", "ece", "ood_auroc", "ood_aupr", "ood_fpr95")
+CALIBRATION_TEST = ("ece_if_calibrated", "ece_p_value")  # from bnn.calibration_test, printed on their own lines
 HIGHER_IS_BETTER = {"accuracy": True, "nll": False, "ece": False, "ood_auroc": True, "ood_aupr": True, "ood_fpr95": False}
 
 
@@ -164,13 +169,18 @@ def choose_temperature(data: dict[str, Tensor], *, temperatures: list[float], ep
     return min(scores, key=scores.__getitem__)
 
 
-def evaluate(model: nn.Module, data: dict[str, Tensor], *, name: str, samples: int) -> dict[str, Tensor | float]:
-    """Return the metrics, predictive probabilities and uncertainty scores (predictive entropy) of one model."""
+def evaluate(model: nn.Module, data: dict[str, Tensor], *, name: str, samples: int,
+             seed: int = 0) -> dict[str, Tensor | float]:
+    """Return the metrics, predictive probabilities and uncertainty scores (predictive entropy) of one model.
+
+    ``seed`` seeds the label draws of `bnn.calibration_test`.
+    """
     test = log_predictive_draws(model, data["x_test"], name=name, samples=samples)
     ood = log_predictive_draws(model, data["x_ood"], name=name, samples=samples)
     probs = test.exp().mean(0)
     score_test, score_ood = bnn.entropy(test, from_logits=True), bnn.entropy(ood, from_logits=True)
     y = data["y_test"]
+    calibration = bnn.calibration_test(probs, y, generator=torch.Generator().manual_seed(seed))
     return {
         "accuracy": (probs.argmax(-1) == y).float().mean().item(),
         "nll": bnn.negative_log_likelihood(probs, y).item(),
@@ -178,6 +188,8 @@ def evaluate(model: nn.Module, data: dict[str, Tensor], *, name: str, samples: i
         "ood_auroc": bnn.auroc(score_test, score_ood).item(),
         "ood_aupr": bnn.aupr(score_test, score_ood).item(),
         "ood_fpr95": bnn.fpr_at_tpr(score_test, score_ood, tpr=0.95).item(),
+        "ece_if_calibrated": calibration.expected_if_calibrated.item(),
+        "ece_p_value": calibration.p_value.item(),
         "probs": probs,
         "score_test": score_test,
         "score_ood": score_ood,
@@ -258,7 +270,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
-    metrics: dict[str, dict[str, list[float]]] = {name: {m: [] for m in METRICS} for name in args.models}
+    metrics: dict[str, dict[str, list[float]]] = {name: {m: [] for m in (*METRICS, *CALIBRATION_TEST)}
+                                                  for name in args.models}
     paths: list[Path] = []
     chosen: list[float] = []
     for seed in range(seeds):
@@ -276,8 +289,8 @@ def main() -> None:
                                prior=args.prior)
             train(model, data, name=name, epochs=epochs, seed=seed, warmup=args.warmup,
                   empirical_bayes=args.empirical_bayes, temperature=temperature, schedule=args.schedule)
-            results[name] = evaluate(model, data, name=name, samples=samples)
-            for metric in METRICS:
+            results[name] = evaluate(model, data, name=name, samples=samples, seed=seed)
+            for metric in (*METRICS, *CALIBRATION_TEST):
                 metrics[name][metric].append(results[name][metric])
         if seed == 0:
             paths = plot(results, data["y_test"], args.out)
@@ -289,7 +302,8 @@ def main() -> None:
     means = {}
     for name in args.models:
         means[name] = {m: summarise(v)[0] for m, v in metrics[name].items()}
-        print(name + " " + " ".join(f"{m}={summarise(v)[0]:.4f}±{summarise(v)[1]:.4f}" for m, v in metrics[name].items()))
+        print(name + " " + " ".join(f"{m}={summarise(metrics[name][m])[0]:.4f}±{summarise(metrics[name][m])[1]:.4f}"
+                                    for m in METRICS))
     if {"bayesian", "deterministic"} <= set(args.models):
         verdict = []
         for metric in METRICS[1:]:
@@ -297,6 +311,10 @@ def main() -> None:
             better = bayes > plain if HIGHER_IS_BETTER[metric] else bayes < plain
             verdict.append(f"{metric}={'yes' if better else 'no'}")
         print("bayesian better than deterministic: " + " ".join(verdict))
+    for name in args.models:
+        print(f"calibration test {name} ece={means[name]['ece']:.4f} "
+              f"if_calibrated={summarise(metrics[name]['ece_if_calibrated'])[0]:.4f} "
+              f"p_value={summarise(metrics[name]['ece_p_value'])[0]:.3f}")
     for path in paths:
         print(f"wrote {path}")
     print(f"time={time.perf_counter() - start:.1f}s")

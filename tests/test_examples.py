@@ -20,6 +20,10 @@ METRICS = re.compile(
     re.MULTILINE,
 )
 VERDICT = re.compile(r"^bayesian better than deterministic: ((?:\w+=(?:yes|no) ?)+)$", re.MULTILINE)
+CALIBRATION = re.compile(
+    r"^calibration test (bayesian|mc_dropout|deterministic) ece=(\d+\.\d+) if_calibrated=(\d+\.\d+) p_value=(\d+\.\d+)$",
+    re.MULTILINE,
+)
 SPREAD = re.compile(r"^(inside|outside) epistemic_std=(\S+) aleatoric_std=(\S+)$", re.MULTILINE)
 
 
@@ -52,6 +56,11 @@ def test_digits_quick_prints_sane_metrics_and_writes_plots(tmp_path):
         bayes, plain = rows["bayesian"][index], rows["deterministic"][index]
         if bayes != plain:
             assert verdict[metric] == ("yes" if (bayes > plain) == higher else "no"), (metric, stdout)
+    tests = {name: [float(v) for v in values] for name, *values in CALIBRATION.findall(stdout)}
+    assert set(tests) == set(rows), stdout
+    for name, (ece, if_calibrated, p_value) in tests.items():
+        assert ece == round(rows[name][4], 4)  # the same ECE as the metrics line
+        assert 0.0 < if_calibrated < 1.0 and 0.0 < p_value <= 1.0, (name, stdout)
     assert not unprinted_quotes("digits.py", stdout), "digits.py's docstring quotes output it does not print"
     for name in ("reliability_diagram.png", "uncertainty_histogram.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
