@@ -223,3 +223,6 @@ def test_calibration_test_rejects_bad_arguments():
         bnn.calibration_test(probs, targets, num_bins=0)
     with pytest.raises(TypeError, match="calibration_test: probs must be a floating-point Tensor"):
         bnn.calibration_test(torch.tensor([[1, 0]]), targets)
+    for bad in ([[0.0, 0.0]], [[1.2, -0.2]], [[float("nan"), 1.0]]):
+        with pytest.raises(ValueError, match="calibration_test: probs must be finite and non-negative"):
+            bnn.calibration_test(torch.tensor(bad), targets)

@@ -150,7 +150,8 @@ def calibration_test(
 
     Raises:
         TypeError: If ``probs`` is not floating point or ``targets`` not integer.
-        ValueError: If the shapes disagree, or ``num_bins`` or ``num_draws`` is not a positive integer.
+        ValueError: If the shapes disagree, ``num_bins`` or ``num_draws`` is not a positive integer,
+            or a row of ``probs`` is not a distribution (negative, not finite, or summing to 0).
 
     Example:
         >>> import torch
@@ -164,6 +165,9 @@ def calibration_test(
     positive_int("calibration_test", "num_bins", num_bins)
     positive_int("calibration_test", "num_draws", num_draws)
     flat = probs.detach().reshape(-1, probs.shape[-1])
+    if not (torch.isfinite(flat).all() and (flat >= 0).all() and (flat.sum(dim=-1) > 0).all()):
+        raise ValueError("calibration_test: probs must be finite and non-negative with a positive sum in every row "
+                         "(pass logits with from_logits=True).")
     confidence, predicted = flat.max(dim=-1)
     _, bins = _bins(confidence, num_bins)
     confidence_sum = torch.zeros(num_bins, 1, dtype=flat.dtype, device=flat.device).index_add_(0, bins, confidence[:, None])
