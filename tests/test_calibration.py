@@ -202,17 +202,19 @@ def test_calibration_test_matches_the_exact_binomial_null(device, draws_at_once,
 @SETTINGS
 @given(seed=st.integers(0, 2**16), batch=st.lists(st.integers(1, 6), min_size=1, max_size=3),
        classes=st.integers(2, 5), num_bins=st.integers(1, 20), num_draws=st.integers(1, 50),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
+       dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
 def test_calibration_test_ranges_for_any_shape(seed, batch, classes, num_bins, num_draws, dtype):
     generator = torch.Generator().manual_seed(seed)
     logits = 3 * torch.randn(*batch, classes, generator=generator, dtype=dtype)
     targets = torch.randint(0, classes, tuple(batch), generator=generator)
     result = bnn.calibration_test(logits, targets, num_bins=num_bins, num_draws=num_draws, from_logits=True,
                                   generator=generator)
-    torch.testing.assert_close(result.ece, bnn.expected_calibration_error(logits, targets, num_bins=num_bins, from_logits=True))
+    expected_dtype = torch.promote_types(dtype, torch.float32)  # counts are summed in float32 at least
+    probs = torch.softmax(logits, dim=-1).to(expected_dtype)
+    torch.testing.assert_close(result.ece, bnn.expected_calibration_error(probs, targets, num_bins=num_bins))
     assert 0.0 <= result.expected_if_calibrated <= 1.0
     assert 1 / (num_draws + 1) - 1e-6 <= result.p_value <= 1.0
-    assert all(value.dtype == dtype and value.dim() == 0 for value in result)
+    assert all(value.dtype == expected_dtype and value.dim() == 0 for value in result)
 
 
 def test_calibration_test_rejects_bad_arguments():

@@ -109,7 +109,7 @@ def expected_calibration_error(
 
 
 class CalibrationTest(NamedTuple):
-    """Result of `calibration_test` (each field a scalar tensor)."""
+    """Result of `calibration_test` (each field a scalar tensor, float32 for float16 or bfloat16 ``probs``)."""
 
     ece: Tensor
     """The expected calibration error of the predictions (`expected_calibration_error`, up to rounding)."""
@@ -164,7 +164,8 @@ def calibration_test(
     probs = _probabilities(probs, targets, from_logits, "calibration_test")
     positive_int("calibration_test", "num_bins", num_bins)
     positive_int("calibration_test", "num_draws", num_draws)
-    flat = probs.detach().reshape(-1, probs.shape[-1])
+    # float32 at least: counts of a few thousand are not exact in float16 or bfloat16.
+    flat = probs.detach().reshape(-1, probs.shape[-1]).to(torch.promote_types(probs.dtype, torch.float32))
     if not (torch.isfinite(flat).all() and (flat >= 0).all() and (flat.sum(dim=-1) > 0).all()):
         raise ValueError("calibration_test: probs must be finite and non-negative with a positive sum in every row "
                          "(pass logits with from_logits=True).")
