@@ -19,19 +19,23 @@ def non_negative_int(owner: str, name: str, value: object) -> int:
 
 def positive_finite(owner: str, name: str, value: object) -> float:
     """Return ``float(value)`` for a finite ``int`` or ``float`` > 0 (not a ``bool``), else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{owner}: {name} must be a finite positive number, got {value!r}.")
-    return float(value)
+    return _number(owner, name, value, allow_zero=False, expected="a finite positive number")
 
 
 def non_negative_finite(owner: str, name: str, value: object) -> float:
     """Return ``float(value)`` for a finite ``int`` or ``float`` >= 0 (not a ``bool``), else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{owner}: {name} must be a finite non-negative number, got {value!r}.")
-    return float(value)
+    return _number(owner, name, value, allow_zero=True, expected="a finite non-negative number")
 
 
 def _integer(owner: str, name: str, value: object, *, minimum: int, expected: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}.")
     return value
+
+
+def _number(owner: str, name: str, value: object, *, allow_zero: bool, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    ):
+        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}.")
+    return float(value)

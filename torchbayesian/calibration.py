@@ -104,8 +104,7 @@ def expected_calibration_error(
         >>> bnn.expected_calibration_error(probs, torch.tensor([0, 1]), num_bins=10)
         tensor(0.4000)
     """
-    curve = reliability_curve(probs, targets, num_bins=num_bins, from_logits=from_logits)
-    return torch.sum(curve.count * (curve.accuracy - curve.confidence).abs()) / curve.count.sum()
+    return _ece(reliability_curve(probs, targets, num_bins=num_bins, from_logits=from_logits))
 
 
 class CalibrationTest(NamedTuple):
@@ -275,7 +274,7 @@ def reliability_diagram(
     except ImportError as error:
         raise ImportError("reliability_diagram needs matplotlib: pip install matplotlib") from error
     curve = reliability_curve(probs, targets, num_bins=num_bins, from_logits=from_logits)
-    ece = torch.sum(curve.count * (curve.accuracy - curve.confidence).abs()) / curve.count.sum()
+    ece = _ece(curve)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     edges = curve.edges.detach().cpu().numpy()
@@ -290,6 +289,11 @@ def reliability_diagram(
     ax.set_title(f"ECE = {ece.item():.3f}")
     ax.legend(loc="upper left")
     return ax
+
+
+def _ece(curve: ReliabilityCurve) -> Tensor:
+    """The count-weighted mean gap between accuracy and confidence over the bins of ``curve``."""
+    return torch.sum(curve.count * (curve.accuracy - curve.confidence).abs()) / curve.count.sum()
 
 
 def _bins(confidence: Tensor, num_bins: int) -> tuple[Tensor, Tensor]:
