@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from torchbayesian import _sampling
+from torchbayesian._math import softplus_inverse
 from torchbayesian._validation import positive_finite
 from torchbayesian.module import BayesianModule
 from torchbayesian.posteriors.gaussian import GaussianPosterior
@@ -146,7 +147,7 @@ def bayesian_lora(
     )
     with torch.no_grad():
         for name, built in wrapped.posteriors():
-            built.rho.copy_(_softplus_inverse(sigma_ratio * scales[name]))
+            built.rho.copy_(softplus_inverse(torch.tensor(sigma_ratio * scales[name], dtype=torch.float64)))
     _install_key_hooks(model)
     _install_scope_hooks(model)
     return wrapped
@@ -224,10 +225,6 @@ def _derived_prior(scales: Mapping[str, float]) -> Any:
         return GaussianPrior(0.0, scales[name])
 
     return prior
-
-
-def _softplus_inverse(value: float) -> float:
-    return value + math.log(-math.expm1(-value))
 
 
 def _install_key_hooks(model: nn.Module) -> None:
